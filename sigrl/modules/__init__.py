@@ -1,0 +1,1 @@
+"""The SigRL head and its parts: GMC (label graph), SVFR (reconstruction), matching."""
