@@ -1,0 +1,102 @@
+"""Training losses, built by name.
+
+Every loss is an ``nn.Module``: its constructor takes the hyper-parameters (and, for
+losses with per-image state, ``num_images`` / ``num_classes``); its forward takes only
+tensors::
+
+    loss = build_loss("ll_r", delta_rel=0.002)
+    value = loss(logits, observed, index=index, epoch=epoch)   # scalar
+
+``logits`` (B, C) are raw scores; ``observed`` (B, C) holds +1 (observed positive),
+-1 (observed negative) and 0 (unobserved). ``index`` (B,) are dataset indices (used by
+``role``); ``epoch`` (0-based) is used by ``ll_r``.
+
+Names (``LOSSES``):
+    full     BCE on the observed entries only (upper bound when all labels are known)
+    an       assume negative: unobserved entries count as negatives
+    wan      weighted AN: assumed negatives weighted 1/(C-1)
+    epr      expected positive regularisation (Cole et al. 2021)
+    role     regularised online label estimation (Cole et al. 2021)
+    em       entropy maximisation on unobserved entries (Zhou et al. 2022)
+    em_apl   EM + asymmetric pseudo labelling (Zhou et al. 2022)
+    ll_r     large-loss rejection (Kim et al. 2022)
+    vlpl     vision-language pseudo labels (Xing et al. 2023), see sigrl.methods.vlpl
+    ranking  pairwise ranking loss of zero-shot training (sigrl.losses.ranking)
+
+``ConditionalTransportLoss`` (SCT / SARL) lives in :mod:`sigrl.losses.transport`; it
+takes label-specific features rather than logits, so it is not in this registry.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from torch import nn
+
+from sigrl.errors import ConfigError
+
+# name -> (module, class)
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "full": ("sigrl.losses.spml", "FullLabelLoss"),
+    "an": ("sigrl.losses.spml", "AssumeNegativeLoss"),
+    "wan": ("sigrl.losses.spml", "WeightedAssumeNegativeLoss"),
+    "epr": ("sigrl.losses.spml", "ExpectedPositiveRegularizationLoss"),
+    "role": ("sigrl.losses.spml", "OnlineLabelEstimationLoss"),
+    "em": ("sigrl.losses.spml", "EntropyMaximizationLoss"),
+    "em_apl": ("sigrl.losses.spml", "AsymmetricPseudoLabelLoss"),
+    "ll_r": ("sigrl.losses.spml", "LargeLossRejectionLoss"),
+    "vlpl": ("sigrl.methods.vlpl", "VLPLLoss"),
+    "ranking": ("sigrl.losses.ranking", "RankingLoss"),
+}
+
+LOSSES: tuple[str, ...] = tuple(_REGISTRY)
+
+# Names re-exported lazily (so importing this package never fails if a module is absent).
+_LAZY = {
+    "RankingLoss": ("sigrl.losses.ranking", "RankingLoss"),
+    "ConditionalTransportLoss": ("sigrl.losses.transport", "ConditionalTransportLoss"),
+    **{cls: (mod, cls) for mod, cls in _REGISTRY.values()},
+}
+
+
+def _resolve(module: str, attr: str):
+    return getattr(importlib.import_module(module), attr)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        try:
+            return _resolve(*_LAZY[name])
+        except ModuleNotFoundError as err:  # e.g. sigrl.losses.ranking not written yet
+            raise AttributeError(f"sigrl.losses.{name} is not available: {err}") from err
+    raise AttributeError(f"module 'sigrl.losses' has no attribute {name!r}")
+
+
+def build_loss(name: str, **options) -> nn.Module:
+    """Build the loss called ``name`` with hyper-parameters ``options``.
+
+    Raises ``ConfigError`` for an unknown name, an unknown option or a bad value.
+    """
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise ConfigError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+    module, attr = _REGISTRY[key]
+    try:
+        cls = _resolve(module, attr)
+    except (ModuleNotFoundError, AttributeError) as err:
+        raise ConfigError(f"loss {key!r} is not available in this installation ({err})") from err
+    params = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    valid = [n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown and not accepts_any:
+        raise ConfigError(
+            f"loss {key!r} has no option(s) {', '.join(unknown)}; valid options: {', '.join(valid) or '(none)'}"
+        )
+    try:
+        return cls(**options)
+    except TypeError as err:  # e.g. a required option (num_images) is missing
+        raise ConfigError(f"loss {key!r}: {err}; valid options: {', '.join(valid) or '(none)'}") from err
+
+
+__all__ = ["LOSSES", "build_loss", "RankingLoss", "ConditionalTransportLoss"]
