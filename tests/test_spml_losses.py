@@ -204,3 +204,20 @@ def test_no_nan(name, kind):
     value = loss(x, obs, index=torch.arange(3), epoch=5)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(x.grad).all()
+
+
+def test_context_keys_reach_only_losses_that_take_them():
+    an = build_loss("an", num_images=10, num_classes=3, num_epochs=4)
+    assert an(logits(), POS_UNOBS_NEG).item() == pytest.approx((LN2 + LN4 + LN43) / 3)
+    apl = build_loss("em_apl", num_images=10, num_classes=3, num_epochs=4, warmup_epochs=2)
+    assert apl.num_epochs == 4 and apl.pseudo_mask.shape == (10, 3)
+    with pytest.raises(ConfigError, match="needs option"):
+        build_loss("role", num_images=10, num_classes=3)  # expected_num_pos missing
+
+
+def test_ranking_is_registered_when_present():
+    ranking = pytest.importorskip("sigrl.losses.ranking")
+    from sigrl.losses import RankingLoss
+
+    assert RankingLoss is ranking.RankingLoss
+    assert "ranking" in LOSSES

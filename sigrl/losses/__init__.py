@@ -72,10 +72,18 @@ def __getattr__(name):
     raise AttributeError(f"module 'sigrl.losses' has no attribute {name!r}")
 
 
+# Facts about the run a trainer knows; passed to a loss only if its constructor takes them.
+CONTEXT_KEYS: tuple[str, ...] = ("num_images", "num_classes", "num_epochs")
+
+
 def build_loss(name: str, **options) -> nn.Module:
     """Build the loss called ``name`` with hyper-parameters ``options``.
 
-    Raises ``ConfigError`` for an unknown name, an unknown option or a bad value.
+    ``num_images``, ``num_classes`` and ``num_epochs`` (``CONTEXT_KEYS``) may always be
+    given: they reach the losses whose constructor takes them and are dropped for the
+    others, so a trainer can call ``build_loss(name, num_images=N, num_classes=C,
+    num_epochs=E, **config_options)`` for any name.
+    Raises ``ConfigError`` for an unknown name, an unknown or missing option or a bad value.
     """
     key = str(name).lower()
     if key not in _REGISTRY:
@@ -85,18 +93,23 @@ def build_loss(name: str, **options) -> nn.Module:
         cls = _resolve(module, attr)
     except (ModuleNotFoundError, AttributeError) as err:
         raise ConfigError(f"loss {key!r} is not available in this installation ({err})") from err
-    params = inspect.signature(cls.__init__).parameters
+    # a loss without its own __init__ takes no options (nn.Module.__init__ takes *args, **kwargs)
+    params = {} if cls.__init__ is nn.Module.__init__ else inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    valid = [n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown and not accepts_any:
-        raise ConfigError(
-            f"loss {key!r} has no option(s) {', '.join(unknown)}; valid options: {', '.join(valid) or '(none)'}"
-        )
+    named = {n: p for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    valid = ", ".join(named) or "(none)"
+    if not accepts_any:
+        options = {k: v for k, v in options.items() if k in named or k not in CONTEXT_KEYS}
+        unknown = sorted(set(options) - set(named))
+        if unknown:
+            raise ConfigError(f"loss {key!r} has no option(s) {', '.join(unknown)}; valid options: {valid}")
+        missing = [n for n, p in named.items() if p.default is p.empty and n not in options]
+        if missing:
+            raise ConfigError(f"loss {key!r} needs option(s) {', '.join(missing)}; valid options: {valid}")
     try:
         return cls(**options)
-    except TypeError as err:  # e.g. a required option (num_images) is missing
-        raise ConfigError(f"loss {key!r}: {err}; valid options: {', '.join(valid) or '(none)'}") from err
+    except TypeError as err:
+        raise ConfigError(f"loss {key!r}: {err}; valid options: {valid}") from err
 
 
-__all__ = ["LOSSES", "build_loss", "RankingLoss", "ConditionalTransportLoss"]
+__all__ = ["LOSSES", "CONTEXT_KEYS", "build_loss", "RankingLoss", "ConditionalTransportLoss"]
