@@ -1,0 +1,89 @@
+"""Tagging throughput: `Tagger` end to end (read file, decode, preprocess, encode,
+score) vs the raw backbone forward on ready tensors, for the tiny test model and
+ViT-B-16 (random weights: no weights can be downloaded here; speed does not depend on them).
+
+    python benchmarks/bench_tag.py [--images 64] [--labels 100] [--batch-size 16] [--models tiny,ViT-B-16] [--json]
+
+Prints images/s for both and the overhead of everything around the forward pass.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def make_images(directory: Path, n: int, size: int = 256) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(directory / f"{i:05d}.jpg", quality=90)
+
+
+def bench(backbone, name: str, image_dir: Path, n: int, n_labels: int, batch_size: int) -> dict:
+    from sigrl.tagging import Tagger
+
+    labels = [f"label number {i}" for i in range(n_labels)]
+    tagger = Tagger(labels, backbone=backbone, batch_size=batch_size)
+    tagger.tag([image_dir / "00000.jpg"])  # warm-up
+    t0 = time.perf_counter()
+    results = tagger.tag([image_dir], top_k=5)
+    t_tag = time.perf_counter() - t0
+    assert len(results) == n and not any(r.error for r in results)
+    size = backbone.preprocess_config.image_size
+    pixels = torch.randn(batch_size, 3, size, size)
+    backbone.encode_images(pixels)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(0, n, batch_size):
+        backbone.encode_images(pixels)
+    t_fwd = time.perf_counter() - t0
+    return {"model": name, "images": n, "labels": n_labels, "batch_size": batch_size,
+            "tag_images_per_s": n / t_tag, "forward_images_per_s": n / t_fwd,
+            "overhead_pct": 100 * (t_tag - t_fwd) / t_fwd}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--labels", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--models", default="tiny,ViT-B-16")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    from conftest import save_tiny_clip
+
+    from sigrl.backbones import load_backbone
+
+    torch.set_num_threads(args.threads)  # conftest pins 1 thread for tests
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "imgs").mkdir()
+        make_images(tmp / "imgs", args.images)
+        for name in args.models.split(","):
+            if name == "tiny":
+                cfg, w = save_tiny_clip(tmp / "tiny")
+                bb = load_backbone(str(cfg), str(w))
+            else:
+                bb = load_backbone(name, None)  # random weights
+            rows.append(bench(bb, name, tmp / "imgs", args.images, args.labels, args.batch_size))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"torch threads: {torch.get_num_threads()}")
+    print(f"{'model':<10} {'tag img/s':>10} {'forward img/s':>14} {'overhead':>9}")
+    for r in rows:
+        print(f"{r['model']:<10} {r['tag_images_per_s']:>10.1f} {r['forward_images_per_s']:>14.1f} {r['overhead_pct']:>8.1f}%")
+
+
+if __name__ == "__main__":
+    main()
