@@ -1,0 +1,198 @@
+"""Benchmarks: a scorer (plain CLIP matching or a trained run) over a protocol's test
+split -> the paper-style table, as markdown + JSON + CSV, with plots.
+
+    nuswide-zsl   NUS-WIDE zero-shot (925 seen / 81 unseen): ZSL and GZSL rows of
+                  P/R/F1 at k = 3 and 5 and mAP (DESIGN.md section 4)
+    spml          runs trained on single positive labels: mAP per run
+    partial       runs trained on partial labels: mAP per proportion and the average
+
+:func:`evaluate_zero_shot` is the shared core (the demo and ``sigrl bench`` both call
+it): test features come from the feature cache (built on first use), label embeddings
+from the prompts, scores from the scorer.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+from .modules.matching import match_scores
+from .prompts import embed_labels, load_prompts
+from .report import plot_per_label_ap, plot_pr_curves, write_report, zero_shot_metrics
+
+EMPTY_RULES = {"zero": "classes without a positive count as AP 0 (reference)",
+               "skip": "classes without a positive are left out"}
+
+
+@dataclass
+class Scorer:
+    """What turns features into scores: the backbone, its label embeddings, and either
+    CLIP matching (``head=None``) or a trained head."""
+
+    name: str
+    backbone: object
+    prompts: object
+    head: torch.nn.Module | None = None
+    context: torch.Tensor | None = None
+    mode: str = "local+global"
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, name: str | None = None, device: str = "cpu") -> "Scorer":
+        from .backbones import backbone_from_spec
+        from .checkpoint import load_run
+
+        run = load_run(run_dir, device=device)
+        bb = backbone_from_spec(run.backbone_spec, device=device, preprocess=run.preprocess)
+        return cls(name or Path(run_dir).name, bb, run.prompts, run.head, run.context)
+
+    @torch.no_grad()
+    def label_embeddings(self, labels: list[str]) -> torch.Tensor:
+        return embed_labels(self.backbone, labels, self.prompts, context=self.context)
+
+    @torch.no_grad()
+    def scores(self, global_feats, local_feats, label_emb, labels=None) -> torch.Tensor:
+        """(B, D), (B, P, D), (C, D) -> (B, C)."""
+        if self.head is None:
+            return match_scores(global_feats, local_feats, label_emb, mode=self.mode)
+        return self.head(global_feats, local_feats, label_emb, label_names=labels).float()
+
+
+@torch.no_grad()
+def score_split(scorer: Scorer, split, cache_root: str | Path, *, batch_size: int = 64,
+                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N', C) and targets (N', C) over the usable images of ``split`` (images
+    that failed to load are left out and reported by the cache)."""
+    from tqdm.auto import tqdm
+
+    from .cache import ensure_cache
+
+    cache = ensure_cache(split, scorer.backbone, cache_root, progress=progress)
+    rows = np.flatnonzero(cache.valid)
+    label_emb = scorer.label_embeddings(split.labels)
+    out = np.empty((len(rows), len(split.labels)), dtype=np.float32)
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"scoring {scorer.name}", disable=not progress, leave=False):
+        g, l_ = cache.read(rows[start:start + batch_size])
+        out[start:start + len(g)] = scorer.scores(g, l_, label_emb, split.labels).cpu().numpy()
+    return out, split.targets[rows]
+
+
+def evaluate_zero_shot(scorer: Scorer, dataset, cache_root: str | Path, *, empty_class: str = "zero",
+                       plots_dir: str | Path | None = None, progress: bool = True, batch_size: int = 64) -> dict:
+    """ZSL (unseen columns) and GZSL (all columns) metrics of ``scorer`` on ``dataset.test``.
+
+    Returns ``{"zsl": {"P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5", "mAP"}, "gzsl": {...}}``
+    (fractions). With ``plots_dir``: per-label AP bars and PR curves as PNG files.
+    """
+    scores, targets = score_split(scorer, dataset.test, cache_root, batch_size=batch_size, progress=progress)
+    result = zero_shot_metrics(scores, targets, len(dataset.unseen), empty_class=empty_class)
+    if plots_dir is not None:
+        from .metrics import average_precision_per_class
+
+        plots_dir = Path(plots_dir)
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        ap = average_precision_per_class(scores, targets, empty_class=empty_class)
+        plot_per_label_ap(ap, dataset.test.labels, set(dataset.unseen), plots_dir / f"{scorer.name}-per-label-ap.png",
+                          title=f"{scorer.name}: per-label AP (GZSL, sorted)")
+        plot_pr_curves(scores, targets, dataset.test.labels, plots_dir / f"{scorer.name}-pr-curves.png",
+                       title=f"{scorer.name}: best and worst labels")
+    return result
+
+
+def bench_nuswide_zsl(root: str | Path, scorers: list[Scorer], out_dir: str | Path, *, layout: str = "auto",
+                      image_root=None, cache_root=None, empty_class: str = "zero", limit: int | None = None,
+                      progress: bool = True) -> dict:
+    """The NUS-WIDE zero-shot table for each scorer; files under ``out_dir``."""
+    from .data.nuswide import load_nuswide
+
+    dataset = load_nuswide(root, layout=layout, image_root=image_root)
+    if limit:
+        dataset.test = dataset.test.subset(np.arange(min(limit, len(dataset.test))))
+    out_dir = Path(out_dir)
+    cache_root = Path(cache_root) if cache_root else out_dir / "cache"
+    tables: dict = {"ZSL (81 unseen labels)": {}, "GZSL (1006 labels)": {}}
+    for s in scorers:
+        res = evaluate_zero_shot(s, dataset, cache_root, empty_class=empty_class, plots_dir=out_dir, progress=progress)
+        tables["ZSL (81 unseen labels)"][s.name] = res["zsl"]
+        tables["GZSL (1006 labels)"][s.name] = res["gzsl"]
+    pre = scorers[0].backbone.preprocess_config.to_dict() if scorers else {}
+    protocol = {"dataset": f"NUS-WIDE zero-shot, {len(dataset.test)} test images"
+                + (f" (first {limit} only)" if limit else ""),
+                "seen/unseen": f"{len(dataset.seen)}/{len(dataset.unseen)}", "empty classes": EMPTY_RULES[empty_class],
+                "F1": "overall (pooled over images)", "preprocessing": pre}
+    write_report(out_dir, "NUS-WIDE zero-shot", tables, protocol)
+    return tables
+
+
+def _run_metrics(run_dir: Path) -> tuple[dict, dict]:
+    for name in ("eval.json", "run.json"):
+        p = run_dir / name
+        if p.is_file():
+            data = json.loads(p.read_text())
+            metrics = data.get("metrics", data)
+            config = data.get("config", {})
+            if not config and (run_dir / "run.json").is_file():
+                config = json.loads((run_dir / "run.json").read_text()).get("config", {})
+            return metrics, config
+    raise UsageError(f"{run_dir}: not a run directory (no eval.json or run.json); train it with 'sigrl train'")
+
+
+def _map_of(metrics: dict) -> float | None:
+    for key in ("map", "mAP", "test_map", "test/mAP", "test_mAP"):
+        if key in metrics and isinstance(metrics[key], (int, float)):
+            return float(metrics[key])
+    for value in metrics.values():
+        if isinstance(value, dict):
+            found = _map_of(value)
+            if found is not None:
+                return found
+    return None
+
+
+def bench_runs(protocol: str, runs: list[str | Path], out_dir: str | Path) -> dict:
+    """``spml``: one row per run (test mAP). ``partial``: rows by method, a column per
+    known-label proportion and the average over proportions."""
+    tables: dict = {}
+    rows: dict = {}
+    for run in runs:
+        run = Path(run)
+        metrics, config = _run_metrics(run)
+        m = _map_of(metrics)
+        if m is None:
+            raise UsageError(f"{run}: its metrics hold no mAP; evaluate it with 'sigrl eval {run}'")
+        if protocol == "partial":
+            data = config.get("data", {})
+            prop = data.get("proportion")
+            if prop is None:
+                raise UsageError(f"{run}: not a partial-label run (config data.proportion missing)")
+            method = config.get("method", {}).get("name") or config.get("loss", {}).get("name") or run.name
+            rows.setdefault(method, {})[f"{round(100 * float(prop))}%"] = m
+        else:
+            rows[run.name] = {"mAP": m}
+    if protocol == "partial":
+        for method, values in rows.items():
+            values["average"] = float(np.mean(list(values.values())))
+    tables["test mAP"] = rows
+    cols = None
+    if protocol == "partial":
+        props = sorted({c for r in rows.values() for c in r if c != "average"}, key=lambda c: float(c[:-1]))
+        cols = props + ["average"]
+    write_report(out_dir, f"{protocol} benchmark", tables, {"metric": "mean over classes of AP on the test split"},
+                 columns=cols)
+    return tables
+
+
+def load_scorers(checkpoints: list[str], model: str | None, pretrained: str | None, prompts: str | None,
+                 preprocess: dict | None = None, device: str = "cpu") -> list[Scorer]:
+    scorers = [Scorer.from_run(c, device=device) for c in checkpoints]
+    if model or not scorers:
+        from .backbones import load_backbone
+
+        if not model:
+            raise UsageError("give --checkpoint RUN (repeatable) and/or --model [--pretrained] for plain CLIP matching")
+        bb = load_backbone(model, pretrained, device=device, preprocess=preprocess)
+        scorers.insert(0, Scorer("clip", bb, load_prompts(prompts or "scene")))
+    return scorers
