@@ -9,9 +9,12 @@ A run config is data (nanoGPT style)::
 Sections (every key has a default; a YAML file names only what it changes):
 
     data      format (csv|world|nuswide|voc|coco), root, observed (full|single_positive|partial),
-              proportion, seed, val_fraction, world (spec of the embedded world), options
+              proportion, seed, val_fraction, all_labels (csv/world: ignore unseen.txt, train on
+              every label), world (WorldSpec fields, + quick: true), options
+              (keyword arguments of the dataset loader)
     backbone  model (open_clip name, JSON config, HF directory, or "world"), pretrained,
-              preprocess (overrides: image_size, resize_size, interpolation, mean, std)
+              preprocess (overrides: image_size, resize_size, interpolation, mean, std),
+              pretrain (model "world": how the tiny model is pre-trained; quick: true for tests)
     prompts   name (prompt set or template), tune (learn CoOp context vectors), n_ctx
     head      class (sigrl|adapter), options (keyword arguments of the head)
     loss      name (see sigrl.losses.LOSSES), options
@@ -51,6 +54,7 @@ class DataConfig:
     proportion: float = 1.0
     seed: int = 0
     val_fraction: float = 0.0
+    all_labels: bool = False  # csv/world: train and test on every label, ignoring unseen.txt
     world: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
@@ -60,6 +64,7 @@ class BackboneConfig:
     model: str = "world"
     pretrained: str | None = None
     preprocess: dict = field(default_factory=dict)
+    pretrain: dict = field(default_factory=dict)  # model "world": PretrainSpec fields (+ quick: true)
 
 
 @dataclass
@@ -249,6 +254,8 @@ def _build(cls, raw, prefix: str, source: str):
                 value = {"name": value}  # "loss: an" is short for "loss: {name: an}"
             values[name] = _build(tp, value, f"{full}.", source)
         else:
+            if value is False and "no" in CHOICES.get(full, ()):
+                value = "no"  # YAML 1.1 reads a bare `no` as false
             values[name] = _coerce(value, tp, full, source)
     return cls(**values)
 

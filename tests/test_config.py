@@ -38,6 +38,12 @@ def test_overrides(tmp_path):
     assert cfg.prompts.tune is True
 
 
+def test_bare_no_is_a_choice(tmp_path):
+    p = write(tmp_path, "train:\n  mixed_precision: no\n")
+    assert load_config(p).train.mixed_precision == "no"
+    assert load_config(p, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+
+
 def test_round_trip():
     cfg = load_config(None, ["train.epochs=2", "head.class=adapter"])
     d = config_to_dict(cfg)
