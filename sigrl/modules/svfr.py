@@ -1,0 +1,315 @@
+"""SVFR: semantic visual feature reconstruction (SigRL, ICME 2025; DESIGN.md section 3).
+
+Three steps turn the frozen patch tokens ``L`` of an image into reconstructed tokens
+``R`` that carry the label semantics:
+
+1. **Semantic decoupling** (label-specific visual features)::
+
+       A[b,p,c,:] = W1 tanh(L[b,p,:] * T[c,:]) + b1          (* is the elementwise product)
+       alpha      = softmax of A over the patches p           (per label c and channel)
+       F[b,c,:]   = sum over p of alpha[b,p,c,:] * L[b,p,:]
+
+2. **Interaction with the text**::
+
+       M_b  = normalize_rows(relu(F_b^T T / (||F_b|| ||T||)))   (D x D, rows L2-normalised)
+       F'_b = F_b M_b
+       H    = [F' ; T_g]                                       (concatenated features, 2D)
+
+3. **Reconstruction**::
+
+       U          = W2 H                                        (no bias, 2D -> D)
+       A2[b,p,c,:] = W3 tanh(L[b,p,:] * U[b,c,:]) + b3
+       alpha2     = softmax of A2 over the patches p            (per label c and channel)
+       R[b,p,:]   = sum over c of alpha2[b,p,c,:] * L[b,p,:]
+
+Shapes:
+    - local tokens ``L``: (B, P, D)
+    - label embeddings ``T`` and graph-refined label embeddings ``T_g``: (C, D)
+    - label-specific features ``F``, ``F'`` and ``U``: (B, C, D)
+    - reconstructed tokens ``R``: (B, P, D)
+
+**Memory.** Written as above, steps 1 and 3 hold B*P*C*D numbers at once (B=32, P=196,
+C=925, D=512: 12 GB per tensor, several per step for autograd). The softmax runs over p
+separately for every (label, channel), so the label axis splits into chunks with
+identical results: step 1 fills ``F[:, chunk]`` chunk by chunk and step 3 accumulates
+``S = sum over c of alpha2`` (then ``R = L * S``). The two custom autograd functions
+below (:class:`_Decouple`, :class:`_Reconstruct`) keep only ``L``, ``T``/``U``, the
+weights and the small result in memory and recompute each chunk in backward with
+hand-derived gradients, so peak memory grows with ``chunk_size``, not with C.
+``naive=True`` runs the plain formulas (:func:`decouple_naive`,
+:func:`reconstruct_naive`) through autograd, the reference the tests compare against.
+
+Facts worth knowing (they follow from the formulas):
+    - ``b1`` and ``b3`` are constant over p, so they cancel in the softmax over p: they
+      never change the output and their gradients are zero. They are kept only so the
+      layers read as written in the paper.
+    - With L2 row normalisation, the positive scalar ``1 / (||F_b|| ||T||)`` also cancels
+      in step 2 (except for rows that are all zero after the relu); it only keeps the
+      numbers O(1).
+
+Where we differ from the reference SigRL code:
+    - Step 2 uses **per-image** norms ``||F_b||`` (Frobenius norm of image b's (C, D)
+      block). The reference code divides by the norm of the whole batch tensor, which
+      couples the images of a batch; here an image's output never depends on the other
+      images in its batch (tested).
+    - Steps 1 and 3 are computed in label chunks with recomputation in backward (same
+      values up to floating-point summation order).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as Fn
+from torch import nn
+
+from sigrl.errors import UsageError
+
+#: default work size per chunk, in numbers of one (B, P, chunk, D) tensor (32 MiB in float32)
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
+
+
+def auto_chunk_size(batch: int, patches: int, dim: int, budget: int = DEFAULT_CHUNK_ELEMENTS) -> int:
+    """Number of labels per chunk so that one (B, P, chunk, D) tensor has at most
+    ``budget`` elements (at least 1)."""
+    return max(1, int(budget) // max(1, batch * patches * dim))
+
+
+# ----------------------------------------------------------------------------- naive
+def decouple_naive(L: torch.Tensor, T: torch.Tensor, W1: torch.Tensor, b1: torch.Tensor | None) -> torch.Tensor:
+    """Step 1 written plainly (materialises (B, P, C, D)).
+
+    L: (B, P, D), T: (C, D), W1: (D, D), b1: (D,) or None -> F: (B, C, D)."""
+    A = Fn.linear(torch.tanh(L[:, :, None, :] * T[None, None, :, :]), W1, b1)  # (B, P, C, D)
+    alpha = torch.softmax(A, dim=1)
+    return (alpha * L[:, :, None, :]).sum(dim=1)
+
+
+def reconstruct_naive(L: torch.Tensor, U: torch.Tensor, W3: torch.Tensor, b3: torch.Tensor | None) -> torch.Tensor:
+    """Step 3 written plainly (materialises (B, P, C, D)).
+
+    L: (B, P, D), U: (B, C, D), W3: (D, D), b3: (D,) or None -> R: (B, P, D)."""
+    A2 = Fn.linear(torch.tanh(L[:, :, None, :] * U[:, None, :, :]), W3, b3)  # (B, P, C, D)
+    alpha2 = torch.softmax(A2, dim=1)
+    return (alpha2 * L[:, :, None, :]).sum(dim=2)
+
+
+# --------------------------------------------------------------------------- chunked
+def _chunk_forward(L, Vc, W, b):
+    """Recompute one chunk. L: (B, P, D); Vc: (B, c, D) label-side features of the chunk.
+    Returns (Y, alpha): tanh(L * Vc) and the softmax over p of W Y + b, both (B, P, c, D)."""
+    Y = L[:, :, None, :] * Vc[:, None, :, :]
+    Y.tanh_()
+    B, P, c, D = Y.shape
+    A = Y.reshape(-1, D) @ W.t()
+    if b is not None:
+        A += b
+    A = A.view(B, P, c, D)
+    alpha = torch.softmax(A, dim=1)
+    return Y, alpha
+
+
+def _chunk_backward(L, Vc, W, Y, dA, need_L, need_V, need_W, need_b, grads):
+    """Shared tail of both backward passes, given dA (the gradient w.r.t. the pre-softmax
+    logits of one chunk, (B, P, c, D)). Accumulates dL, dW, db into ``grads = [dL, _, dW, db]``
+    and returns dVc (B, c, D) (or None when not needed)."""
+    D = Y.shape[-1]
+    if need_W:
+        grads[2] += dA.reshape(-1, D).t() @ Y.reshape(-1, D)
+    if need_b:
+        grads[3] += dA.sum(dim=(0, 1, 2))
+    if not (need_L or need_V):
+        return None
+    dX = (dA.reshape(-1, D) @ W).view_as(Y)
+    del dA
+    Y.mul_(Y).neg_().add_(1)  # tanh' = 1 - Y^2 (Y is not needed any more)
+    dX *= Y
+    if need_L:
+        grads[0] += (dX * Vc[:, None, :, :]).sum(dim=2)
+    if need_V:
+        return (dX * L[:, :, None, :]).sum(dim=1)
+    return None
+
+
+class _Decouple(torch.autograd.Function):
+    """Step 1 in label chunks. forward(L (B,P,D), T (C,D), W1 (D,D), b1 (D,)|None, chunk) -> F (B,C,D)."""
+
+    @staticmethod
+    def forward(ctx, L, T, W1, b1, chunk):
+        B, P, D = L.shape
+        C = T.shape[0]
+        out = L.new_empty(B, C, D)
+        for s in range(0, C, chunk):
+            sl = slice(s, min(C, s + chunk))
+            _, alpha = _chunk_forward(L, T[sl].unsqueeze(0), W1, b1)
+            out[:, sl] = (alpha * L[:, :, None, :]).sum(dim=1)
+        ctx.save_for_backward(L, T, W1, b1, out)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, dF):
+        L, T, W1, b1, F = ctx.saved_tensors
+        need_L, need_T, need_W, need_b = ctx.needs_input_grad[:4]
+        need_b = need_b and b1 is not None
+        C = T.shape[0]
+        grads = [
+            torch.zeros_like(L) if need_L else None,
+            torch.zeros_like(T) if need_T else None,
+            torch.zeros_like(W1) if need_W else None,
+            torch.zeros_like(b1) if need_b else None,
+        ]
+        if not (need_L or need_T or need_W or need_b):
+            return None, None, None, None, None
+        dF = dF.contiguous()
+        for s in range(0, C, ctx.chunk):
+            sl = slice(s, min(C, s + ctx.chunk))
+            Tc = T[sl].unsqueeze(0)
+            Y, alpha = _chunk_forward(L, Tc, W1, b1)
+            G = dF[:, None, sl, :]  # (B, 1, c, D)
+            if need_L:  # direct path of F = sum_p alpha * L
+                grads[0] += (alpha * G).sum(dim=2)
+            # softmax backward: dA = alpha * (dalpha - sum_p alpha dalpha), dalpha = G * L,
+            # and sum_p alpha * G * L = G * F.
+            dA = L[:, :, None, :] - F[:, None, sl, :]
+            dA *= G
+            dA *= alpha
+            del alpha
+            dTc = _chunk_backward(L, Tc, W1, Y, dA, need_L, need_T, need_W, need_b, grads)
+            if need_T:
+                grads[1][sl] = dTc.sum(dim=0)
+        return grads[0], grads[1], grads[2], grads[3], None
+
+
+class _Reconstruct(torch.autograd.Function):
+    """Step 3 in label chunks. forward(L (B,P,D), U (B,C,D), W3 (D,D), b3 (D,)|None, chunk) -> R (B,P,D)."""
+
+    @staticmethod
+    def forward(ctx, L, U, W3, b3, chunk):
+        C = U.shape[1]
+        S = torch.zeros_like(L)  # sum over c of alpha2
+        for s in range(0, C, chunk):
+            sl = slice(s, min(C, s + chunk))
+            _, alpha2 = _chunk_forward(L, U[:, sl], W3, b3)
+            S += alpha2.sum(dim=2)
+        ctx.save_for_backward(L, U, W3, b3, S)
+        ctx.chunk = chunk
+        return L * S
+
+    @staticmethod
+    def backward(ctx, dR):
+        L, U, W3, b3, S = ctx.saved_tensors
+        need_L, need_U, need_W, need_b = ctx.needs_input_grad[:4]
+        need_b = need_b and b3 is not None
+        if not (need_L or need_U or need_W or need_b):
+            return None, None, None, None, None
+        C = U.shape[1]
+        grads = [
+            dR * S if need_L else None,  # direct path of R = L * S
+            torch.zeros_like(U) if need_U else None,
+            torch.zeros_like(W3) if need_W else None,
+            torch.zeros_like(b3) if need_b else None,
+        ]
+        dS = (dR * L)[:, :, None, :]  # (B, P, 1, D), the same for every label
+        for s in range(0, C, ctx.chunk):
+            sl = slice(s, min(C, s + ctx.chunk))
+            Uc = U[:, sl]
+            Y, alpha2 = _chunk_forward(L, Uc, W3, b3)
+            # softmax backward over p: dA2 = alpha2 * (dS - sum_p alpha2 * dS)
+            q = (alpha2 * dS).sum(dim=1, keepdim=True)  # (B, 1, c, D)
+            dA = dS - q
+            dA *= alpha2
+            del alpha2, q
+            dUc = _chunk_backward(L, Uc, W3, Y, dA, need_L, need_U, need_W, need_b, grads)
+            if need_U:
+                grads[1][:, sl] = dUc
+        return grads[0], grads[1], grads[2], grads[3], None
+
+
+def decouple(L, T, W1, b1=None, *, chunk_size: int | None = None) -> torch.Tensor:
+    """Step 1 (semantic decoupling) in label chunks; same values as :func:`decouple_naive`.
+
+    L: (B, P, D), T: (C, D) -> F: (B, C, D). ``chunk_size=None`` picks one from the shapes
+    (:func:`auto_chunk_size`)."""
+    B, P, D = L.shape
+    chunk = chunk_size or auto_chunk_size(B, P, D)
+    return _Decouple.apply(L, T, W1, b1, int(chunk))
+
+
+def reconstruct(L, U, W3, b3=None, *, chunk_size: int | None = None) -> torch.Tensor:
+    """Step 3 (reconstruction) in label chunks; same values as :func:`reconstruct_naive`.
+
+    L: (B, P, D), U: (B, C, D) -> R: (B, P, D)."""
+    B, P, D = L.shape
+    chunk = chunk_size or auto_chunk_size(B, P, D)
+    return _Reconstruct.apply(L, U, W3, b3, int(chunk))
+
+
+def interact(F: torch.Tensor, T: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Step 2 without the concatenation: ``F'_b = F_b M_b``.
+
+    ``M_b = normalize_rows(relu(F_b^T T / (||F_b|| ||T||)))`` with Frobenius norms taken
+    **per image** (the reference uses the norm of the whole batch tensor) and rows
+    L2-normalised. F: (B, C, D), T: (C, D) -> F': (B, C, D); M_b is (D, D)."""
+    norm_f = F.flatten(1).norm(dim=1).clamp_min(eps)  # (B,)
+    norm_t = T.norm().clamp_min(eps)
+    M = torch.einsum("bcd,ce->bde", F, T) / (norm_f * norm_t)[:, None, None]  # (B, D, D)
+    M = Fn.normalize(torch.relu(M), p=2, dim=-1, eps=eps)
+    return torch.bmm(F, M)
+
+
+class SVFR(nn.Module):
+    """Semantic visual feature reconstruction: ``(L, T, T_g) -> (R, F)``.
+
+    ``R = reconstruct(L, W2 [interact(F, T); T_g])`` with ``F = decouple(L, T)`` (the
+    formulas are in the module docstring). No parameter depends on the number of labels.
+
+    Args:
+        embed_dim: D.
+        chunk_size: labels per chunk in steps 1 and 3 (``None``: chosen from the shapes so
+            that one (B, P, chunk, D) tensor holds at most 2**23 numbers).
+        naive: compute steps 1 and 3 by the plain formulas (memory B*P*C*D; for tests).
+
+    Parameters: ``W1`` (D, D) + ``b1`` (D,), ``W2`` (D, 2D), ``W3`` (D, D) + ``b3`` (D,).
+
+    Shapes:
+        - **input:** local tokens ``L`` (B, P, D), label embeddings ``T`` (C, D),
+          graph-refined label embeddings ``T_g`` (C, D)
+        - **output:** reconstructed tokens ``R`` (B, P, D), label-specific features
+          ``F`` (B, C, D)
+    """
+
+    def __init__(self, embed_dim: int, *, chunk_size: int | None = None, naive: bool = False):
+        super().__init__()
+        if embed_dim < 1:
+            raise UsageError(f"SVFR: embed_dim must be a positive integer, got {embed_dim}")
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise UsageError(f"SVFR: chunk_size must be a positive integer or None, got {chunk_size}")
+        self.embed_dim = int(embed_dim)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.naive = bool(naive)
+        self.decouple_proj = nn.Linear(embed_dim, embed_dim)  # W1, b1
+        self.fuse_proj = nn.Linear(2 * embed_dim, embed_dim, bias=False)  # W2
+        self.recon_proj = nn.Linear(embed_dim, embed_dim)  # W3, b3
+
+    def label_features(self, L: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+        """Step 1 only: L (B, P, D), T (C, D) -> F (B, C, D)."""
+        W, b = self.decouple_proj.weight, self.decouple_proj.bias
+        if self.naive:
+            return decouple_naive(L, T, W, b)
+        return decouple(L, T, W, b, chunk_size=self.chunk_size)
+
+    def forward(self, L: torch.Tensor, T: torch.Tensor, T_g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if L.dim() != 3 or T.dim() != 2 or T_g.shape != T.shape or L.shape[-1] != T.shape[-1]:
+            raise UsageError(
+                f"SVFR: expected L (B, P, D), T (C, D), T_g (C, D) with one D; got "
+                f"{tuple(L.shape)}, {tuple(T.shape)}, {tuple(T_g.shape)}"
+            )
+        F = self.label_features(L, T)
+        F2 = interact(F, T)
+        H = torch.cat([F2, T_g.unsqueeze(0).expand(F.shape[0], -1, -1)], dim=-1)  # (B, C, 2D)
+        U = self.fuse_proj(H)
+        W, b = self.recon_proj.weight, self.recon_proj.bias
+        if self.naive:
+            R = reconstruct_naive(L, U, W, b)
+        else:
+            R = reconstruct(L, U, W, b, chunk_size=self.chunk_size)
+        return R, F
