@@ -5,7 +5,7 @@ Datasets and checkpoints come from the internet. Three rules follow:
 * **Pickles never run code.** :func:`safe_load_pickle` uses an unpickler whose
   ``find_class`` refuses *every* global, so only the plain containers the pickle
   protocol builds without a global can come out: ``dict, list, tuple, str, bytes, int,
-  float, bool, None`` (and ``set``/``frozenset`` from protocol 4+). A pickle that asks
+  float, bool, None`` (and ``set``/``frozenset`` from protocol 4, ``bytearray`` from 5). A pickle that asks
   for any callable (``os.system``, ``builtins.eval``, a class) raises
   :class:`~sigrl.errors.UnsafeFileError` naming the file and the global, before
   anything is called. Persistent ids are refused too.
