@@ -1,0 +1,719 @@
+"""Training a head on frozen-backbone features with Accelerate.
+
+``sigrl train CONFIG`` (and ``torchrun --nproc_per_node N -m sigrl train CONFIG``) runs
+:func:`train`. The loop reads like Accelerate's examples; everything else is a function
+it calls::
+
+    accelerator = make_accelerator(cfg)                  # cpu/gpu, mixed precision, accumulation
+    exp = prepare_experiment(cfg, accelerator)           # data, backbone, feature caches, parts
+    model, optimizer, scheduler, loader = ... accelerator.prepare(...)
+    for epoch in ...:
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(*features(batch), batch["target"], index=batch["index"], epoch=epoch)
+                accelerator.backward(loss); optimizer.step(); scheduler.step(); optimizer.zero_grad()
+        metrics = evaluate_parts(...)                    # gather_for_metrics on every process
+        save best run, metrics.csv, training state
+
+Data: the train split's seen columns with observed labels (``data.observed``: full,
+single positive, partial — seeded); in zero-shot mode images with no observed positive
+are dropped. A validation part is the dataset's own ``val`` split, or
+``data.val_fraction`` of train held out with its full labels. Images that fail to load
+are excluded (they are listed in the cache manifest).
+
+Resume: after every epoch the Accelerate state (head, prompt context, loss state,
+optimizer, scheduler, sampler, RNG states of every process) and the progress (epoch,
+step, metric history, best metric, recovered labels) are saved to ``run/state`` — written
+to ``run/state.tmp`` and renamed — so ``--resume`` continues exactly where the last
+finished epoch left off, and ends with the same metrics as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Config, config_to_dict
+from .errors import CheckpointError, ConfigError, DataError, SigrlError
+
+__all__ = ["train", "TrainResult", "prepare_experiment", "Experiment", "Part", "LabelText", "TrainModule",
+           "make_accelerator"]
+
+
+# ============================================================================ data
+@dataclass
+class Part:
+    """Rows of one cached split with the targets used for it.
+
+    ``rows`` index the split (and its feature cache); ``targets`` (len(rows), C) are the
+    observed labels for training or the full labels for evaluation; ``unseen`` are the
+    labels among ``labels`` never shown to training (ZSL columns, the last ones).
+    """
+
+    name: str
+    split: object  # MultiLabelSplit
+    rows: np.ndarray
+    targets: np.ndarray
+    labels: list[str]
+    cache: object = None  # FeatureCache | None (live encoding)
+    unseen: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs besides the trainable modules."""
+
+    cfg: Config
+    dataset: object  # ZeroShotDataset
+    backbone: object
+    prompts: object  # PromptSet
+    train: Part
+    val: Part | None
+    test: Part
+    world_root: Path | None = None
+
+    @property
+    def zero_shot(self) -> bool:
+        return bool(self.dataset.unseen)
+
+    def skipped_images(self) -> int:
+        """Unreadable images left out of the parts (distinct split rows)."""
+        seen, total = set(), 0
+        for part in (self.train, self.val, self.test):
+            if part is None or id(part.split) in seen:
+                continue
+            seen.add(id(part.split))
+            total += len(part.split) - int(part.cache.valid.sum()) if part.cache is not None else 0
+        return total
+
+
+def _config_error(key: str, err: Exception) -> ConfigError:
+    return ConfigError(f"{key}: {str(err).splitlines()[0]}")
+
+
+def load_dataset(cfg: Config):
+    """The configured dataset as a ZeroShotDataset, and the world root (format world)."""
+    from .data.base import ZeroShotDataset
+
+    fmt, opts = cfg.data.format, dict(cfg.data.options)
+    if fmt in ("world", "csv"):
+        from .data.csvdata import load_csv_dataset
+
+        root = Path(cfg.data.root) if fmt == "csv" else world_root(cfg)
+        try:
+            ds = load_csv_dataset(root, **opts)
+            if cfg.data.all_labels and ds.unseen:  # one label set for everything (SPML, partial)
+                from .data.csvdata import find_split_file, load_csv_split
+
+                labels = list(ds.seen) + list(ds.unseen)
+                splits = {s: load_csv_split(find_split_file(root, s), labels, root=root, **opts)
+                          for s in ("train", "test") + (("val",) if ds.val is not None else ())}
+                ds = ZeroShotDataset(splits["train"], splits["test"], labels, [], splits.get("val"))
+        except TypeError as err:
+            raise _config_error("data.options", err) from None
+        return ds, (root if fmt == "world" else None)
+    try:
+        if fmt == "nuswide":
+            from .data.nuswide import load_nuswide
+
+            return load_nuswide(cfg.data.root, **opts), None
+        # VOC / COCO: one loader call per split; the SPML protocol trains on the official
+        # train split and tests on the official validation split (full labels)
+        if fmt == "voc":
+            from .data.voc import load_voc as load_split
+
+            default = ("train", "val")
+        else:
+            from .data.coco import load_coco as load_split
+
+            default = ("train2014", "val2014")
+        train_name, test_name = opts.pop("train_split", default[0]), opts.pop("test_split", default[1])
+        train, test = load_split(cfg.data.root, train_name, **opts), load_split(cfg.data.root, test_name, **opts)
+    except TypeError as err:
+        raise _config_error("data.options", err) from None
+    if train.name == test.name:
+        raise ConfigError(f"data.options: train_split and test_split are the same split ({train.name})")
+    return ZeroShotDataset(train, test, list(train.labels), []), None
+
+
+def world_root(cfg: Config) -> Path:
+    from .world import WorldSpec, ensure_world
+
+    opts = dict(cfg.data.world)
+    try:
+        spec = WorldSpec.quick(**{k: v for k, v in opts.items() if k != "quick"}) if opts.get("quick") \
+            else WorldSpec.from_dict(opts)
+    except (SigrlError, TypeError) as err:
+        raise _config_error("data.world", err) from None
+    return ensure_world(spec)
+
+
+def build_backbone(cfg: Config, world: Path | None, device="cpu"):
+    from .backbones import load_backbone
+
+    model, pretrained = cfg.backbone.model, cfg.backbone.pretrained
+    if model == "world":
+        from .world.pretrain import PretrainSpec, ensure_tiny_vlp
+
+        opts = dict(cfg.backbone.pretrain)
+        try:
+            spec = PretrainSpec.quick(**{k: v for k, v in opts.items() if k != "quick"}) if opts.get("quick") \
+                else PretrainSpec.from_dict(opts)
+        except (SigrlError, TypeError) as err:
+            raise _config_error("backbone.pretrain", err) from None
+        config_json, weights = ensure_tiny_vlp(world, spec)
+        model, pretrained = str(config_json), str(weights)
+    return load_backbone(model, pretrained, device=str(device), preprocess=dict(cfg.backbone.preprocess) or None)
+
+
+def _observe(cfg: Config, targets: np.ndarray) -> np.ndarray:
+    """Observed training labels (data.observed), seeded by data.seed."""
+    if cfg.data.observed == "full":
+        return targets
+    from .data import observed as obs
+
+    if cfg.data.observed == "single_positive":
+        return np.asarray(obs.single_positive(targets, seed=cfg.data.seed), dtype=np.int8)
+    return np.asarray(obs.partial(targets, cfg.data.proportion, seed=cfg.data.seed), dtype=np.int8)
+
+
+def _holdout(cfg: Config, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from .data.observed import holdout_split
+
+    train_idx, val_idx = holdout_split(n, cfg.data.val_fraction, seed=cfg.data.seed)
+    return np.sort(np.asarray(train_idx, dtype=np.int64)), np.sort(np.asarray(val_idx, dtype=np.int64))
+
+
+def scan_images(split, rows) -> np.ndarray:
+    """(len(rows),) bool: which images load (live encoding has no cache manifest)."""
+    from .images import ImageError, load_image
+
+    ok = np.ones(len(rows), dtype=bool)
+    for i, r in enumerate(rows):
+        try:
+            load_image(split.path(int(r)))
+        except ImageError as err:
+            ok[i] = False
+            print(f"sigrl train: skipping image {split.path(int(r))}: {err}", file=sys.stderr)
+    return ok
+
+
+def prepare_experiment(cfg: Config, accelerator=None, *, need_train: bool = True, progress: bool = True,
+                       device=None) -> Experiment:
+    """Load the data and the backbone, build (or open) the feature caches, make the parts.
+
+    With ``accelerator`` every process must call this: downloads/generation happen on the
+    main process first, cache shards are encoded by all processes together.
+    """
+    from .cache import ensure_cache
+    from .paths import cache_dir
+    from .prompts import load_prompts
+
+    state = accelerator.state if accelerator is not None else None
+    device = device or (accelerator.device if accelerator is not None else "cpu")
+    main_first = accelerator.main_process_first if accelerator is not None else _nullcontext
+    with main_first():
+        dataset, world = load_dataset(cfg)
+        backbone = build_backbone(cfg, world, device)
+    try:
+        prompts = load_prompts(cfg.prompts.name)
+    except SigrlError as err:
+        raise _config_error("prompts.name", err) from None
+    if cfg.prompts.tune and not hasattr(backbone, "text_width"):
+        raise ConfigError("prompts.tune=true needs an open_clip backbone with its own text transformer")
+    root = Path(cfg.cache.dir) if cfg.cache.dir else cache_dir() / "features"
+    live = cfg.train.augment or not cfg.cache.enabled
+    kw = dict(shard_size=cfg.cache.shard_size, batch_size=cfg.cache.build_batch_size, state=state,
+              progress=progress and (accelerator is None or accelerator.is_main_process))
+
+    def cached(split):
+        return ensure_cache(split, backbone, root, **kw)
+
+    ds = dataset
+    test_cache = cached(ds.test)
+    test = Part("test", ds.test, np.flatnonzero(test_cache.valid), ds.test.targets[test_cache.valid],
+                list(ds.test.labels), test_cache, list(ds.unseen))
+    train = val = None
+    if need_train:
+        train_cache = None if live else cached(ds.train)
+        rows = np.arange(len(ds.train))
+        full = ds.train.targets
+        observed = _observe(cfg, full)
+        val_rows = None
+        if ds.val is None and cfg.data.val_fraction > 0:
+            rows, val_rows = _holdout(cfg, len(ds.train))
+        valid = train_cache.valid if train_cache is not None else scan_images(ds.train, np.arange(len(ds.train)))
+        keep = rows[valid[rows]]
+        if ds.unseen:  # zero-shot: images with no (observed) seen positive are dropped
+            keep = keep[(observed[keep] == 1).any(axis=1)]
+        if len(keep) == 0:
+            raise DataError(f"{ds.train.name or 'train'}: no training image left (after dropping unreadable "
+                            "images and, in zero-shot mode, images without a seen positive)")
+        train = Part("train", ds.train, keep, observed[keep], list(ds.train.labels), train_cache)
+        if ds.val is not None:
+            val_cache = cached(ds.val)
+            val = Part("val", ds.val, np.flatnonzero(val_cache.valid), ds.val.targets[val_cache.valid],
+                       list(ds.val.labels), val_cache, [u for u in ds.unseen if u in ds.val.labels])
+        elif val_rows is not None:
+            vcache = train_cache or cached(ds.train)
+            vr = val_rows[vcache.valid[val_rows]]
+            val = Part("val", ds.train, vr, full[vr], list(ds.train.labels), vcache)
+    return Experiment(cfg, dataset, backbone, prompts, train, val, test, world)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """Live encoding: item ``i`` is the preprocessed (optionally augmented) image."""
+
+    def __init__(self, part: Part, transform):
+        self.part, self.transform = part, transform
+        self.targets = torch.as_tensor(np.asarray(part.targets), dtype=torch.float32)
+
+    def __len__(self):
+        return len(self.part.rows)
+
+    def set_targets(self, targets) -> None:
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
+
+    def __getitem__(self, i):
+        from .images import load_image
+
+        img = load_image(self.part.split.path(int(self.part.rows[i])))
+        return {"index": i, "pixels": self.transform(img), "target": self.targets[i]}
+
+
+def augment_transform(pre) -> object:
+    """Random resized crop + horizontal flip, then the backbone's normalisation."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(pre.image_size, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(pre.mean, pre.std),
+    ])
+
+
+def part_dataset(part: Part, backbone, augment: bool = False) -> torch.utils.data.Dataset:
+    """Cached features when the part has a cache, else live images."""
+    from .cache import FeatureDataset
+
+    if part.cache is not None:
+        return FeatureDataset(part.cache, part.rows, part.targets)
+    return ImageRows(part, augment_transform(backbone.preprocess_config) if augment else backbone.preprocess)
+
+
+def features(batch: dict, backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """(global, local) of a batch: read from the cache, or encoded now (live mode)."""
+    if "pixels" in batch:
+        return backbone.encode_images(batch["pixels"])
+    return batch["global"], batch["local"]
+
+
+# ============================================================================ modules
+class LabelText(nn.Module):
+    """Label names -> label embeddings T (C, D) through the prompts and the frozen text
+    encoder; with prompt tuning, ``context`` (n_ctx, W) learnable vectors shared by all
+    labels (CoOp), initialised N(0, init_std²). The backbone is not a submodule (it is
+    frozen and never saved with the run)."""
+
+    def __init__(self, backbone, prompts, n_ctx: int = 0, init_std: float = 0.02, generator=None):
+        super().__init__()
+        object.__setattr__(self, "backbone", backbone)
+        self.prompts = prompts
+        self.context = None
+        if n_ctx:
+            init = torch.randn(n_ctx, backbone.text_width, generator=generator) * init_std
+            self.context = nn.Parameter(init)
+        self._fixed: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, labels: list[str]) -> torch.Tensor:
+        from .prompts import embed_labels
+
+        if self.context is None:
+            key = tuple(labels)
+            if key not in self._fixed:
+                self._fixed[key] = embed_labels(self.backbone, list(labels), self.prompts).detach()
+            return self._fixed[key]
+        return embed_labels(self.backbone, list(labels), self.prompts, context=self.context)
+
+
+class TrainModule(nn.Module):
+    """What is trained, as one module (so Accelerate/DDP syncs all of it): the head, the
+    prompt context (in ``text``) and the loss's own state (e.g. ROLE's label estimates).
+
+    ``forward(g (B,D), l (B,P,D), labels)`` -> logits (B, C);
+    with ``observed`` (B, C) -> the scalar loss."""
+
+    def __init__(self, head: nn.Module, text: LabelText, loss: nn.Module | None = None):
+        super().__init__()
+        self.head, self.text, self.loss = head, text, loss
+
+    def forward(self, g, l, labels, observed=None, *, index=None, epoch=None):
+        logits = self.head(g, l, self.text(labels), label_names=list(labels))
+        if observed is None:
+            return logits
+        return self.loss(logits.float(), observed, index=index, epoch=epoch)
+
+
+def build_head(cfg: Config, exp: Experiment) -> nn.Module:
+    from .checkpoint import build_head as make
+
+    head = make(cfg.head.head_class, exp.backbone.embed_dim, cfg.head.options)
+    if hasattr(head, "set_label_prior"):  # co-occurrence of the observed training positives
+        pos = torch.as_tensor(np.asarray(exp.train.targets) == 1, dtype=torch.float32)
+        head.set_label_prior(list(exp.train.labels), pos.t() @ pos, pos.sum(0))
+    return head
+
+
+def build_loss(cfg: Config, exp: Experiment) -> nn.Module:
+    from .losses import build_loss as make
+
+    return make(cfg.loss.name, num_images=len(exp.train), num_classes=len(exp.train.labels),
+                num_epochs=cfg.train.epochs, **cfg.loss.options)
+
+
+def build_recovery(cfg: Config):
+    if cfg.method.name == "none":
+        return None
+    from .methods import build_recovery as make
+
+    return make(cfg.method.name, **cfg.method.options)
+
+
+def lr_lambda(cfg: Config, total_steps: int):
+    warm = cfg.train.warmup_steps
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.train.scheduler == "cosine":
+            progress = (step - warm) / max(1, total_steps - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+# ============================================================================ progress
+class Progress:
+    """Counters and history saved with the training state (``register_for_checkpointing``)."""
+
+    def __init__(self):
+        self.epoch = 0  # next epoch to train
+        self.step = 0
+        self.history: list[dict] = []
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.targets: torch.Tensor | None = None  # recovered training labels (label recovery)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "history": self.history, "best": self.best,
+                "best_epoch": self.best_epoch, "targets": self.targets}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict]
+    best_epoch: int | None
+    best_metrics: dict
+    early_stop: str | None
+    skipped_images: int = 0
+
+
+# ============================================================================ accelerate
+def make_accelerator(cfg: Config, run_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    cpu = not torch.cuda.is_available()
+    if cpu and cfg.train.mixed_precision == "fp16":
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        log_with=list(cfg.trackers) or None,
+        project_dir=str(run_dir),
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True,
+                                                  data_seed=cfg.train.seed),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    n = accelerator.num_processes
+    if n > 1 and cfg.train.batch_size % n:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must be a multiple "
+                          f"of the number of processes ({n})")
+    return accelerator
+
+
+def _run_dir(cfg: Config) -> Path:
+    return Path(cfg.output)
+
+
+def _state_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
+    return run_dir / "state", run_dir / "state.tmp", run_dir / "state.old"
+
+
+def save_training_state(accelerator, run_dir: Path) -> None:
+    """``accelerator.save_state`` into ``state.tmp``, then swap it in for ``state``."""
+    state, tmp, old = _state_dirs(run_dir)
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "COMPLETE").write_text("ok\n")
+        _fsync_dir(tmp)
+        if state.exists():
+            os.replace(state, old)
+        os.replace(tmp, state)
+        _fsync_dir(run_dir)
+        if old.exists():
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_training_state(accelerator, run_dir: Path) -> bool:
+    """Restore the last saved state; False when there is none."""
+    state, _, old = _state_dirs(run_dir)
+    for candidate in (state, old):  # old: a crash between the two renames
+        if (candidate / "COMPLETE").is_file():
+            try:
+                accelerator.load_state(str(candidate))
+            except Exception as err:  # noqa: BLE001 - a damaged state is the user's to delete
+                raise CheckpointError(f"{candidate}: cannot restore the training state ({err}); "
+                                      "delete it to start over") from None
+            return True
+    return False
+
+
+# ============================================================================ the loop
+def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> TrainResult:
+    """Train the configured head; write the run directory ``cfg.output``.
+
+    Args:
+        resume: continue from ``run/state`` (the last finished epoch) when it exists.
+        stop_after: stop after this many epochs of this call (an interruption, for tests
+            and time-sliced jobs); ``--resume`` continues.
+    """
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from .evaluate import evaluate_parts
+
+    run_dir = _run_dir(cfg)
+    accelerator = make_accelerator(cfg, run_dir)
+    if not resume and accelerator.is_main_process and (run_dir / "state").exists():
+        raise ConfigError(f"{run_dir}: holds a training state from an earlier run; pass --resume to continue it, "
+                          "or set output to a new directory")
+    set_seed(cfg.train.seed)
+    exp = prepare_experiment(cfg, accelerator, progress=progress)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    text = LabelText(exp.backbone, exp.prompts, cfg.prompts.n_ctx if cfg.prompts.tune else 0,
+                     cfg.prompts.init_std, generator)
+    model = TrainModule(build_head(cfg, exp), text, build_loss(cfg, exp))
+    recovery = build_recovery(cfg)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                  weight_decay=cfg.train.weight_decay)
+    train_set = part_dataset(exp.train, exp.backbone, augment=cfg.train.augment)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
+                                         num_workers=cfg.train.num_workers)
+    total_steps = cfg.train.epochs * math.ceil(len(loader) / cfg.train.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
+    state = Progress()
+    accelerator.register_for_checkpointing(state)
+    if resume and not load_training_state(accelerator, run_dir) and accelerator.is_main_process:
+        print(f"sigrl train: no saved state in {run_dir}; starting from epoch 1", file=sys.stderr)
+    early = early_stop_metric(cfg, exp)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.trackers:
+        accelerator.init_trackers(run_dir.name or "sigrl", config=_flat(config_to_dict(cfg)))
+    labels = list(exp.train.labels)
+    epochs_run = 0
+    while state.epoch < cfg.train.epochs and not _patience_over(cfg, state):
+        epoch = state.epoch
+        if recovery is not None:
+            state.targets = recover_labels(recovery, epoch, model, exp, accelerator)
+        if state.targets is not None:
+            train_set.set_targets(state.targets)
+        model.train()
+        loader.set_epoch(epoch)
+        t0, losses = time.time(), []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and accelerator.is_main_process),
+                   leave=False, dynamic_ncols=True, file=sys.stderr)
+        for batch in bar:
+            with accelerator.accumulate(model):
+                g, l = features(batch, exp.backbone)
+                loss = model(g, l, labels, batch["target"], index=batch["index"], epoch=epoch)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state.step += 1
+            losses.append(loss.detach().float())
+            bar.set_postfix(loss=f"{losses[-1].item():.4f}")
+        row = {"epoch": epoch + 1, "step": state.step,
+               "train/loss": accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item(),
+               "lr": scheduler.get_last_lr()[0], "time/epoch_s": round(time.time() - t0, 3)}
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+            row.update(evaluate_parts(accelerator.unwrap_model(model), exp, accelerator,
+                                      parts=[p for p in (exp.val, exp.test) if p is not None]))
+        state.history.append(row)
+        state.epoch = epoch + 1
+        improved = _update_best(state, row, early)
+        if accelerator.is_main_process:
+            if improved:
+                save_best(accelerator.unwrap_model(model), exp, cfg, run_dir, row)
+            write_metrics_csv(run_dir / "metrics.csv", state.history)
+            print(_epoch_line(row, early), file=sys.stderr)
+        if cfg.trackers:
+            accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch + 1)
+        save_training_state(accelerator, run_dir)
+        epochs_run += 1
+        if stop_after is not None and epochs_run >= stop_after:
+            break
+    if cfg.trackers:
+        accelerator.end_training()
+    best = next((r for r in state.history if r["epoch"] == state.best_epoch), state.history[-1] if state.history else {})
+    if accelerator.is_main_process and best:
+        _write_eval_json(run_dir, best, cfg, exp, early)
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir, list(state.history), state.best_epoch, best, early, exp.skipped_images())
+
+
+def _patience_over(cfg: Config, state: Progress) -> bool:
+    if cfg.train.patience is None or state.best_epoch is None:
+        return False
+    return state.epoch - state.best_epoch >= cfg.train.patience
+
+
+def early_stop_metric(cfg: Config, exp: Experiment) -> str | None:
+    """The metric that picks the best epoch (higher is better), or None (keep the last)."""
+    name = cfg.train.early_stop
+    if name == "none":
+        return None
+    if name != "auto":
+        return name
+    if exp.val is None:
+        return None
+    return "val/zsl/mAP" if exp.val.unseen else "val/mAP"
+
+
+def _update_best(state: Progress, row: dict, metric: str | None) -> bool:
+    if metric is None:
+        state.best_epoch = row["epoch"]
+        return True
+    if metric not in row:
+        if any(k.startswith(("val/", "test/")) for k in row):
+            raise ConfigError(f"train.early_stop: metric {metric!r} is not computed by this run; "
+                              f"choose one of {', '.join(k for k in row if '/' in k and not k.startswith(('train', 'time')))}")
+        return False  # no evaluation this epoch
+    value = float(row[metric])
+    if state.best is None or value > state.best:
+        state.best, state.best_epoch = value, row["epoch"]
+        return True
+    return False
+
+
+def save_best(model: TrainModule, exp: Experiment, cfg: Config, run_dir: Path, row: dict) -> None:
+    from .checkpoint import save_run
+
+    save_run(run_dir, head=model.head, backbone=exp.backbone, prompts=exp.prompts, labels=list(exp.train.labels),
+             config=cfg, context=model.text.context, metrics=row)
+
+
+def recover_labels(recovery, epoch: int, model, exp: Experiment, accelerator) -> torch.Tensor:
+    """Scores of the current model on the whole training part -> recovered targets."""
+    from .evaluate import score_part
+
+    observed = torch.as_tensor(np.asarray(exp.train.targets), dtype=torch.float32)
+    scores = score_part(accelerator.unwrap_model(model), exp.train, exp.backbone, [list(exp.train.labels)],
+                        accelerator)[0]
+    feats = exp.train.cache.global_features(exp.train.rows) if exp.train.cache is not None else None
+    targets = recovery.update(epoch, scores, feats, observed)
+    return torch.as_tensor(targets, dtype=torch.float32).cpu()
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    from .safeio import atomic_write_text
+
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_eval_json(run_dir: Path, best: dict, cfg: Config, exp: Experiment, early) -> None:
+    import json
+
+    from .safeio import atomic_write_text
+
+    out = {"split": "test", "epoch": best.get("epoch"), "selected_by": early or "last epoch",
+           "empty_class": cfg.eval.empty_class, "zero_shot": exp.zero_shot,
+           "metrics": {k[len("test/"):]: v for k, v in best.items() if k.startswith("test/")}}
+    atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
+
+
+def _epoch_line(row: dict, early: str | None) -> str:
+    keys = [k for k in row if k.endswith("mAP") or k.endswith("F1@3")]
+    parts = [f"epoch {row['epoch']}", f"loss {row['train/loss']:.4f}"] + [f"{k} {row[k]:.4f}" for k in keys]
+    return "sigrl train: " + ", ".join(parts)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
