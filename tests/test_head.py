@@ -1,0 +1,260 @@
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as Fn
+
+from sigrl.errors import ConfigError, DataError, UsageError
+from sigrl.losses.ranking import RankingLoss
+from sigrl.modules.adapter import AdapterHead
+from sigrl.modules.head import SigRLHead, head_from_config
+from sigrl.modules.matching import match_scores
+
+torch.set_num_threads(1)
+D = 8
+NAMES = ["cat", "dog", "car", "tree", "sky", "road", "bus"]
+
+
+def _feats(B=3, P=6, C=5, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    glob = Fn.normalize(torch.randn(B, D, generator=g, dtype=dtype), dim=-1)
+    loc = Fn.normalize(torch.randn(B, P, D, generator=g, dtype=dtype), dim=-1)
+    T = Fn.normalize(torch.randn(C, D, generator=g, dtype=dtype), dim=-1)
+    return glob, loc, T
+
+
+def _prior(n=len(NAMES), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 6, (n, n), generator=g).float()
+    counts = counts + counts.t()
+    label_counts = torch.randint(3, 12, (n,), generator=g).float()
+    return counts, label_counts
+
+
+def _randomize(module, seed=0):
+    """Non-trivial weights everywhere (the GMC's last map starts at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+    return module
+
+
+def _head(**kw):
+    kw.setdefault("hidden", 4)
+    kw.setdefault("heads", 2)
+    kw.setdefault("top_k", 3)
+    torch.manual_seed(0)
+    return _randomize(SigRLHead(D, **kw))
+
+
+@pytest.mark.parametrize("gnn", ["gcn", "gatv2"])
+@pytest.mark.parametrize("graph", ["complete", "knn"])
+def test_any_label_count_and_extras(gnn, graph):
+    head = _head(gnn=gnn, graph=graph, knn=2)
+    for C in (1, 5, 13):
+        g, L, T = _feats(C=C)
+        logits, ex = head(g, L, T, return_extras=True)
+        assert logits.shape == (3, C)
+        assert ex["label_feats"].shape == (3, C, D)
+        assert ex["label_graph_feats"].shape == (C, D)
+        assert ex["recon"].shape == (3, 6, D)
+        assert ex["local"].shape == ex["global"].shape == (3, C)
+        torch.testing.assert_close(logits.exp().sum(dim=1), torch.ones(3))
+    assert not any(13 in t.shape for t in head.state_dict().values())
+
+
+def test_logits_are_log_of_design_score():
+    """exp(logits) = (softmax_C(s_l / tau) + softmax_C(s_g / tau)) / 2 on the reconstructed tokens."""
+    head = _head(logit_scale=20.0)
+    g, L, T = _feats()
+    logits, ex = head(g, L, T, return_extras=True)
+    want = match_scores(g, Fn.normalize(ex["recon"], dim=-1), T, top_k=3, tau=1 / 20.0)
+    torch.testing.assert_close(logits.exp(), want)
+    # global part is the plain cosine <g, T_c>
+    torch.testing.assert_close(ex["global"], g @ T.t())
+    # local part, naive: mean of the top-3 patch cosines of R
+    R = Fn.normalize(ex["recon"], dim=-1)
+    naive = torch.stack([torch.stack([(R[b] @ T[c]).sort(descending=True).values[:3].mean()
+                                      for c in range(T.shape[0])]) for b in range(3)])
+    torch.testing.assert_close(ex["local"], naive)
+
+
+def test_modes_and_mean_combine():
+    g, L, T = _feats()
+    head = _head(combine="mean", logit_scale=10.0)
+    logits, ex = head(g, L, T, return_extras=True)
+    torch.testing.assert_close(logits, 10.0 * (ex["local"] + ex["global"]) / 2)
+    glob = _head(mode="global", logit_scale=10.0)
+    torch.testing.assert_close(glob(g, None, T), torch.log_softmax(10.0 * g @ T.t(), dim=-1))
+    loc = _head(mode="local", logit_scale=10.0)
+    lg, ex = loc(g, L, T, return_extras=True)
+    torch.testing.assert_close(lg, torch.log_softmax(10.0 * ex["local"], dim=-1))
+
+
+def test_score_with_graph_uses_refined_labels():
+    head = _head(score_with="graph")
+    g, L, T = _feats()
+    _, ex = head(g, L, T, return_extras=True)
+    torch.testing.assert_close(ex["global"], g @ ex["label_graph_feats"].t())
+
+
+def test_chunked_head_matches_naive_head_with_gradients():
+    g, L, T = _feats(dtype=torch.float64)
+    a = _head(chunk_size=2).double()
+    b = SigRLHead(D, hidden=4, heads=2, top_k=3, naive=True).double()
+    b.load_state_dict(a.state_dict())
+    la, lb = a(g, L, T), b(g, L, T)
+    torch.testing.assert_close(la, lb)
+    w = torch.randn_like(la)
+    for x, y in zip(torch.autograd.grad((la * w).sum(), list(a.parameters())),
+                    torch.autograd.grad((lb * w).sum(), list(b.parameters()))):
+        torch.testing.assert_close(x, y)
+
+
+def test_images_are_independent():
+    head = _head()
+    g, L, T = _feats(B=4)
+    full = head(g, L, T)
+    torch.testing.assert_close(head(g[2:3], L[2:3], T), full[2:3])
+
+
+@pytest.mark.parametrize("graph", ["complete", "knn", "cooc"])
+def test_permuting_labels_permutes_logits(graph):
+    head = _head(graph=graph, knn=2, gnn="gatv2")
+    head.set_label_prior(NAMES[:5], *_prior(5))
+    g, L, T = _feats(C=7)
+    perm = torch.tensor([3, 6, 0, 5, 1, 4, 2])
+    names = NAMES  # "road" and "bus" are not in the prior: unseen labels
+    out = head(g, L, T, label_names=names)
+    out_p = head(g, L, T[perm], label_names=[names[i] for i in perm])
+    torch.testing.assert_close(out_p, out[:, perm])
+
+
+def test_config_round_trip_rebuilds_identical_head():
+    head = _head(graph="cooc", gnn="gcn", knn=2, learn_logit_scale=True, chunk_size=3)
+    head.set_label_prior(NAMES, *_prior())
+    cfg = json.loads(json.dumps(head.config))  # JSON-able
+    assert cfg["type"] == "SigRLHead" and cfg["label_prior_names"] == NAMES
+    twin = SigRLHead.from_config(cfg)
+    twin.load_state_dict(head.state_dict())
+    assert type(head_from_config(cfg)) is SigRLHead
+    g, L, T = _feats(C=4)
+    names = ["Dog", " sky", "bus", "unknown thing"]  # case/space-insensitive match
+    torch.testing.assert_close(twin(g, L, T, label_names=names), head(g, L, T, label_names=names))
+    # the only tensors sized by a label count are the prior's
+    C_prior = len(NAMES)
+    for key, t in head.state_dict().items():
+        if C_prior in t.shape:
+            assert key in ("prior_counts", "prior_label_counts")
+
+
+def test_load_state_dict_takes_the_prior_size():
+    head = _head(graph="cooc")
+    head.set_label_prior(NAMES, *_prior())
+    other = SigRLHead.from_config({**head.config, "label_prior_names": None})
+    other.load_state_dict(head.state_dict())  # resizes the prior buffers
+    assert other.prior_counts.shape == (7, 7)
+    torch.testing.assert_close(other.prior_counts, head.prior_counts)
+
+
+def test_head_without_prior_has_no_label_sized_state():
+    head = SigRLHead(D, hidden=4, heads=2)
+    assert "prior_counts" not in head.state_dict()
+    json.dumps(head.config)
+
+
+def test_label_prior_errors():
+    head = _head(graph="cooc")
+    g, L, T = _feats(C=3)
+    with pytest.raises(UsageError, match="set_label_prior"):
+        head(g, L, T, label_names=NAMES[:3])
+    with pytest.raises(DataError):
+        head.set_label_prior(["a", "A"], torch.zeros(2, 2), torch.ones(2))
+    with pytest.raises(DataError):
+        head.set_label_prior(["a", "b"], torch.zeros(3, 3), torch.ones(2))
+    with pytest.raises(DataError):
+        head.set_label_prior(["a", "b"], -torch.ones(2, 2), torch.ones(2))
+    head.set_label_prior(NAMES, *_prior())
+    with pytest.raises(UsageError, match="label_names"):
+        head(g, L, T)
+    with pytest.raises(UsageError):
+        head(g, L, T, label_names=NAMES[:2])
+
+
+def test_input_and_config_errors():
+    head = _head()
+    g, L, T = _feats()
+    with pytest.raises(UsageError):
+        head(g[:, :4], L, T)
+    with pytest.raises(UsageError):
+        head(g, L[:2], T)
+    with pytest.raises(UsageError):
+        head(g, L, T[:0])
+    with pytest.raises(UsageError):
+        head(g, None, T)
+    with pytest.raises(ConfigError):
+        SigRLHead(D, graph="star")
+    with pytest.raises(ConfigError):
+        SigRLHead(D, gnn="gatv2", hidden=5, heads=2)
+    with pytest.raises(ConfigError):
+        SigRLHead.from_config({"type": "SigRLHead", "embed_dim": D, "colour": "red"})
+    with pytest.raises(ConfigError):
+        head_from_config({"type": "Nope"})
+
+
+def test_ranking_loss_trains_the_head():
+    """A few steps of the ranking loss raise positives above negatives on a tiny batch."""
+    g, L, T = _feats(B=4, P=6, C=5, seed=1)
+    targets = torch.tensor([[1, -1, -1, 0, -1], [-1, 1, -1, -1, 0], [0, -1, 1, -1, -1], [-1, -1, -1, 1, 1]])
+    head = SigRLHead(D, hidden=4, heads=2, top_k=3, graph="knn", knn=2, mode="local", learn_logit_scale=True)
+    loss_fn = RankingLoss(margin=1.0)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    first, gmc_grad = None, 0.0
+    for _ in range(25):
+        loss = loss_fn(head(g, L, T), targets)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        gmc_grad = max(gmc_grad, head.gmc.out_proj.weight.grad.abs().sum().item())  # default gnn="gatv2"
+        opt.step()
+    assert loss.item() < 0.5 * first
+    assert all(p.grad is not None for p in head.svfr.parameters())
+    assert gmc_grad > 0  # the graph branch learns through the reconstruction
+
+
+# ------------------------------------------------------------------------- adapter
+def test_untrained_adapter_is_clip_matching():
+    g, L, T = _feats()
+    head = AdapterHead(D, top_k=3, logit_scale=50.0)
+    torch.testing.assert_close(head(g, L, T).exp(), match_scores(g, L, T, top_k=3, tau=1 / 50.0))
+    glob = AdapterHead(D, mode="global")
+    torch.testing.assert_close(glob(g, None, T).exp(), match_scores(g, None, T, mode="global"))
+
+
+def test_adapter_config_round_trip_and_training():
+    head = _randomize(AdapterHead(D, hidden=6, top_k=3, shared=True, learn_logit_scale=True))
+    cfg = json.loads(json.dumps(head.config))
+    twin = head_from_config(cfg)
+    assert isinstance(twin, AdapterHead)
+    twin.load_state_dict(head.state_dict())
+    g, L, T = _feats(C=9)
+    torch.testing.assert_close(twin(g, L, T), head(g, L, T))
+    logits, ex = head(g, L, T, return_extras=True)
+    assert ex["local_feats"].shape == L.shape and ex["global_feats"].shape == g.shape
+    torch.testing.assert_close(ex["global_feats"].norm(dim=-1), torch.ones(3))
+    RankingLoss()(logits, torch.tensor([[1, -1] + [0] * 7] * 3)).backward()
+    assert head.global_adapter.fc1.weight.grad.abs().sum() > 0
+    assert not any(9 in t.shape for t in head.state_dict().values())
+    with pytest.raises(ConfigError):
+        AdapterHead(D, dropout=1.5)
+    with pytest.raises(UsageError):
+        head(g, L, T[:, :3])
+
+
+def test_lazy_top_level_export():
+    import sigrl
+
+    assert sigrl.SigRLHead is SigRLHead
+    assert math.isclose(SigRLHead(D).logit_scale, 100.0)
