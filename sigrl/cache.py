@@ -330,7 +330,8 @@ def _encode_shard(split, backbone, start: int, stop: int, shapes: tuple[int, int
     l_ = np.zeros((stop - start, n_patches, dim), dtype=np.float16)
     failed = []
     loader = torch.utils.data.DataLoader(_ImageRows(split, np.arange(start, stop), backbone.preprocess),
-                                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+                                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+                                         generator=torch.Generator())  # leaves the global RNG alone
     for items in loader:
         ok = [(row, px) for row, px, _ in items if px is not None]
         for row, px, err in items:

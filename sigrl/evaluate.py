@@ -50,7 +50,9 @@ def score_part(model, part, backbone, label_sets: list[list[str]], accelerator=N
     per = math.ceil(n / world) if n else 0
     lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
     dataset = torch.utils.data.Subset(part_dataset(part, backbone), range(lo, hi))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    # own generator: iterating must not consume the global RNG (training randomness)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         generator=torch.Generator())
     outs: list[list[torch.Tensor]] = [[] for _ in label_sets]
     was_training = model.training
     model.eval()

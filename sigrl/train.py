@@ -547,6 +547,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
                           "or set output to a new directory")
     set_seed(cfg.train.seed)
     exp = prepare_experiment(cfg, accelerator, progress=progress)
+    set_seed(cfg.train.seed)  # again: building caches may differ per process, the modules may not
     generator = torch.Generator().manual_seed(cfg.train.seed)
     text = LabelText(exp.backbone, exp.prompts, cfg.prompts.n_ctx if cfg.prompts.tune else 0,
                      cfg.prompts.init_std, generator)
@@ -555,8 +556,11 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     train_set = part_dataset(exp.train, exp.backbone, augment=cfg.train.augment)
+    # drop_last: an incomplete last batch would be padded with repeated images when split across
+    # processes; dropping it (a different one each epoch) keeps 1 and N processes identical
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
-                                         num_workers=cfg.train.num_workers)
+                                         num_workers=cfg.train.num_workers,
+                                         drop_last=len(train_set) >= cfg.train.batch_size)
     total_steps = cfg.train.epochs * math.ceil(len(loader) / cfg.train.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
