@@ -32,7 +32,8 @@ other columns are ignored::
 JSON-lines split file (``.jsonl``): one object per non-blank line,
 ``{"image": "images/0002.png", "labels": ["cat", "-dog"]}`` with the same meaning.
 
-A label name may not be empty, contain ``|`` or start with ``-``. A name not in
+A label name may not be empty, contain ``|`` or a line break, start with ``-`` or
+have surrounding whitespace. A name not in
 labels.txt, a name both positive and negative in one row, a row without the right
 fields or a path escaping the root is an error naming ``file:line``
 (:class:`~sigrl.errors.DataError`; paths: :class:`~sigrl.errors.UnsafeFileError`).
@@ -48,6 +49,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,9 @@ def _check_name(name: str, where: str) -> None:
         raise DataError(f"{where}: label name {name!r} contains '|' (the separator of the labels column)")
     if name.startswith("-"):
         raise DataError(f"{where}: label name {name!r} starts with '-' (that prefix marks a negative)")
+    if name != name.strip() or len(name.splitlines()) > 1:
+        raise DataError(f"{where}: label name {name!r} has surrounding whitespace or a line break "
+                        "(it would not read back the same)")
 
 
 def read_label_list(path: str | Path, *, what: str = "a label list, one name per line") -> list[str]:
@@ -147,8 +152,10 @@ def _split_names(tokens, where: str) -> tuple[list[str], list[str]]:
             name = tok[1:].strip()
             if not name:
                 raise DataError(f"{where}: '-' without a label name")
+            _check_name(name, where)  # "--x": a name starting with '-' cannot be a label
             neg.append(name)
         else:
+            _check_name(tok, where)  # e.g. "a|b" inside a JSON list
             pos.append(tok)
     both = set(pos) & set(neg)
     if both:
@@ -197,7 +204,10 @@ def _parse_csv(path: Path, text: str, problems: list[str] | None) -> list[_Row]:
 
 def _parse_jsonl(path: Path, text: str, problems: list[str] | None) -> list[_Row]:
     rows: list[_Row] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at \n, \r\n or \r (never inside a JSON string, where they must be
+    # escaped); str.splitlines() would also cut at U+2028, U+0085 ... which JSON strings
+    # may hold unescaped (json.dumps(ensure_ascii=False) writes them raw).
+    for lineno, line in enumerate(re.split(r"\r\n|\r|\n", text), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -206,6 +216,8 @@ def _parse_jsonl(path: Path, text: str, problems: list[str] | None) -> list[_Row
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{where}: malformed line: not JSON ({err.msg})") from None
+            except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+                raise DataError(f"{where}: malformed line: JSON nested too deeply") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
                 raise DataError(f'{where}: malformed line: expected {{"image": "...", "labels": [...]}}')
             labels = obj.get("labels", [])
@@ -356,7 +368,10 @@ def _relative_image(split: MultiLabelSplit, i: int) -> str:
                 continue
         else:
             raise UsageError(f"image {split.images[i]} is not under the split root {split.root}")
-    return safe_relpath(p.as_posix())
+    rel = safe_relpath(p.as_posix())
+    if rel != rel.strip():
+        raise UsageError(f"image path {rel!r} starts or ends with whitespace, which readers strip; rename the file")
+    return rel
 
 
 def write_csv_split(path: str | Path, split: MultiLabelSplit, *, unlisted: str = "negative") -> Path:
@@ -383,6 +398,9 @@ def write_csv_split(path: str | Path, split: MultiLabelSplit, *, unlisted: str =
     jsonl = path.suffix.lower() == ".jsonl"
     buf = io.StringIO(newline="")
     writer = None if jsonl else csv.writer(buf, lineterminator="\n")
+    # csv quotes a field holding "\n" but not one holding a lone "\r" when the line
+    # terminator is "\n"; readers end the line there. Such rows are written fully quoted.
+    quoted = None if jsonl else csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     if writer:
         writer.writerow(["image", "labels"])
     for i in range(len(split)):
@@ -394,7 +412,8 @@ def write_csv_split(path: str | Path, split: MultiLabelSplit, *, unlisted: str =
         if jsonl:
             buf.write(json.dumps({"image": image, "labels": labs}, ensure_ascii=False) + "\n")
         else:
-            writer.writerow([image, "|".join(labs)])
+            fields = [image, "|".join(labs)]
+            (quoted if any("\r" in f for f in fields) else writer).writerow(fields)
     return atomic_write_text(path, buf.getvalue())
 
 
