@@ -147,6 +147,8 @@ def test_dense_gatv2_equals_pyg_gatv2conv():
     ref = conv(x, graph.edge_index)
     for block in (1, 4, None):
         torch.testing.assert_close(dense_gatv2(conv, x, graph.adj, block=block), ref)
+        with torch.no_grad():  # the in-place inference branch
+            torch.testing.assert_close(dense_gatv2(conv, x, graph.adj, block=block), ref)
 
 
 @pytest.mark.parametrize("gnn", GNNS)

@@ -177,7 +177,7 @@ def test_chunked_saves_no_label_sized_activation():
 
 
 def test_auto_chunk_size_and_errors():
-    assert auto_chunk_size(8, 196, 512) == (1 << 23) // (8 * 196 * 512)
+    assert auto_chunk_size(8, 196, 512) == (1 << 22) // (8 * 196 * 512)
     assert auto_chunk_size(10**6, 196, 512) == 1
     with pytest.raises(UsageError):
         SVFR(4, chunk_size=0)

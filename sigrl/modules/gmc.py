@@ -253,8 +253,12 @@ def build_graph(kind: str, label_emb: torch.Tensor, *, k: int = 8, counts=None, 
 def _dense_gatv2_block(conv: GATv2Conv, x_l, x_r_blk, mask_blk):
     """Targets of one block. x_l: (C, H, Ch) sources; x_r_blk: (c, H, Ch) targets;
     mask_blk: (c, C) bool, True where source j sends to target i -> (c, H, Ch)."""
-    e = Fn.leaky_relu(x_r_blk[:, None] + x_l[None, :], conv.negative_slope)  # (c, C, H, Ch)
-    logits = (e * conv.att).sum(dim=-1)  # (c, C, H)
+    e = x_r_blk[:, None] + x_l[None, :]  # (c, C, H, Ch)
+    if torch.is_grad_enabled():
+        logits = (Fn.leaky_relu(e, conv.negative_slope) * conv.att).sum(dim=-1)  # (c, C, H)
+    else:  # inference: in place, a third fewer passes over the (c, C, H, Ch) block
+        Fn.leaky_relu_(e, conv.negative_slope)
+        logits = e.mul_(conv.att).sum(dim=-1)
     logits = logits.masked_fill(~mask_blk[:, :, None], float("-inf"))
     alpha = torch.softmax(logits, dim=1)
     alpha = Fn.dropout(alpha, p=conv.dropout, training=conv.training)

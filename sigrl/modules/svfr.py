@@ -63,8 +63,8 @@ from torch import nn
 
 from sigrl.errors import UsageError
 
-#: default work size per chunk, in numbers of one (B, P, chunk, D) tensor (32 MiB in float32)
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
+#: default work size per chunk, in numbers of one (B, P, chunk, D) tensor (16 MiB in float32)
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 
 def auto_chunk_size(batch: int, patches: int, dim: int, budget: int = DEFAULT_CHUNK_ELEMENTS) -> int:
@@ -265,7 +265,7 @@ class SVFR(nn.Module):
     Args:
         embed_dim: D.
         chunk_size: labels per chunk in steps 1 and 3 (``None``: chosen from the shapes so
-            that one (B, P, chunk, D) tensor holds at most 2**23 numbers).
+            that one (B, P, chunk, D) tensor holds at most 2**22 numbers).
         naive: compute steps 1 and 3 by the plain formulas (memory B*P*C*D; for tests).
 
     Parameters: ``W1`` (D, D) + ``b1`` (D,), ``W2`` (D, 2D), ``W3`` (D, D) + ``b3`` (D,).
