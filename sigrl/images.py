@@ -7,6 +7,14 @@ orientation (transparent areas composited on white). Refused: missing, empty, tr
 non-image files, and decompression bombs (more than ``MAX_PIXELS`` pixels, PIL's own
 default of about 89 million).
 
+Extreme aspect ratios (a 100,000×1 strip, a 4000×3 banner) are cut to their centred
+``MAX_ASPECT``:1 window. Every backbone resizes the shorter side and centre-crops a
+square, so the model only ever sees the central square; without the cut, resizing the
+shorter side of a 1-pixel-high strip to 224 would allocate ``224² × aspect`` pixels
+(gigabytes for a file of a few kilobytes). The window is exactly centred and keeps a
+margin of 7.5 shorter sides on each side of that square, so the pixels the model sees are
+the same up to resampling round-off (a couple of grey levels on a few pixels).
+
 ``find_images(inputs)`` expands files, folders (recursive) and glob patterns.
 """
 from __future__ import annotations
@@ -21,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+MAX_ASPECT = 16
 
 
 class ImageError(Exception):
@@ -46,6 +55,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _cap_aspect(img: Image.Image) -> Image.Image:
+    """The centred ``MAX_ASPECT``:1 window of a very long/thin image (see module docstring)."""
+    w, h = img.size
+    short = min(w, h)
+    if short == 0 or max(w, h) <= MAX_ASPECT * short:
+        return img
+    long = max(w, h)
+    keep = MAX_ASPECT * short + (long - MAX_ASPECT * short) % 2  # same parity: exactly centred
+    if w > h:
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Read ``path`` into an upright 8-bit RGB image, or raise ImageError(reason)."""
     path = Path(path)
@@ -67,7 +91,7 @@ def load_image(path: str | Path) -> Image.Image:
                     raise ImageError(f"decompression bomb refused ({w}x{h} = {w * h:,} pixels > {MAX_PIXELS:,})")
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                return _to_rgb(_cap_aspect(img))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

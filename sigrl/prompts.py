@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,15 +93,23 @@ def load_prompts(name_or_path: str | PromptSet | None = None) -> PromptSet:
                 break
         else:
             raise UsageError(f"unknown prompt set '{spec}': use one of {available_prompt_sets()}, a file path, or a template with {{}}")
-    return PromptSet(path.stem, parse_templates(path.read_text(encoding="utf-8"), str(path)))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: prompt file is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read prompt file ({err.strerror or err})") from None
+    return PromptSet(path.stem, parse_templates(text, str(path)))
 
 
 def clean_labels(labels) -> list[str]:
-    """Strip names, drop empty ones, merge duplicates (first occurrence wins).
+    """Strip names (inner runs of whitespace become one space), bring them to Unicode
+    NFC (so "café" typed precomposed or decomposed is one label, as the tokenizers see
+    it), drop empty ones, merge duplicates (first occurrence wins).
     Raises UsageError when nothing is left."""
     out, seen = [], set()
     for name in labels:
-        name = " ".join(str(name).split())
+        name = unicodedata.normalize("NFC", " ".join(str(name).split()))
         if name and name not in seen:
             seen.add(name)
             out.append(name)

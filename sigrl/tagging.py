@@ -81,6 +81,8 @@ class Tagger:
         labels: label names; stripped, empty names dropped, duplicates merged.
         model, pretrained: backbone (open_clip name or JSON config; tag or local file;
             or a Hugging Face CLIP directory as ``model``). Ignored with ``checkpoint``.
+            An open_clip name without ``pretrained`` gets the "openai" weights; a JSON
+            config needs ``pretrained`` (a config alone would mean random weights).
         checkpoint: a run directory written by ``sigrl train``.
         prompts: prompt set name, file or template (default "photo"; a run's own set with
             ``checkpoint``).
@@ -113,9 +115,14 @@ class Tagger:
             from .backbones import load_backbone
 
             if backbone is None:
-                backbone = load_backbone(model or DEFAULT_MODEL,
-                                         pretrained if (model or pretrained) else DEFAULT_PRETRAINED,
-                                         device=device, preprocess=preprocess)
+                model = model or DEFAULT_MODEL
+                if pretrained is None:
+                    if str(model).endswith(".json"):
+                        raise UsageError(f"{model}: a model config holds no weights; give --pretrained FILE "
+                                         "(tagging with random weights gives meaningless tags)")
+                    if not Path(model).is_dir():  # an open_clip name: its default weights
+                        pretrained = DEFAULT_PRETRAINED
+                backbone = load_backbone(model, pretrained, device=device, preprocess=preprocess)
             self.backbone = backbone
             self.prompts = load_prompts(prompts)
         with torch.no_grad():

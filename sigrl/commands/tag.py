@@ -49,6 +49,46 @@ def read_labels(args) -> list[str]:
         raise UsageError(f"{path}: cannot read label file ({err})") from err
 
 
+def shown(text: str) -> str:
+    """``text`` as valid UTF-8: a file name whose bytes are not UTF-8 (Python keeps them
+    as lone surrogates) is written with its raw bytes as ``\\xNN`` escapes instead of
+    making the output (UTF-8 file, JSON) fail to encode."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use here, before any model is loaded."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r}: not a torch device (use cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is usable here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def check_output(output: str) -> None:
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(f"--output {output}: is a directory (give a file name)")
+    if not path.parent.is_dir():
+        raise UsageError(f"--output {output}: folder {path.parent} does not exist (create it first)")
+
+
 def run(args) -> int:
     from tqdm.auto import tqdm
 
@@ -60,11 +100,17 @@ def run(args) -> int:
         raise UsageError(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.checkpoint and (args.model or args.pretrained):
         raise UsageError("--checkpoint brings its own backbone: drop --model/--pretrained")
+    check_device(args.device)
+    if args.output:
+        check_output(args.output)
     tagger = Tagger(read_labels(args), model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
                     prompts=args.prompts, mode="global" if args.global_only else "local+global",
                     batch_size=args.batch_size, device=args.device)
     results, skipped = [], 0
-    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    try:
+        out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    except OSError as err:
+        raise UsageError(f"--output {args.output}: cannot write ({err.strerror or err})") from None
     try:
         if args.format == "csv":
             writer = csv.writer(out)
@@ -72,16 +118,17 @@ def run(args) -> int:
         for r in tagger.iter_tags(args.paths, top_k=args.top_k, threshold=args.threshold, progress=True):
             if r.error:
                 skipped += 1
-                tqdm.write(f"sigrl tag: skipped {r.image}: {r.error}", file=sys.stderr)
+                tqdm.write(f"sigrl tag: skipped {shown(r.image)}: {r.error}", file=sys.stderr)
                 continue
+            image, tagged = shown(r.image), [(shown(label), score) for label, score in r.tags]
             if args.format == "json":
-                results.append(r.to_dict())
+                results.append({"image": image, "tags": [{"label": l, "score": round(float(s), 6)} for l, s in tagged]})
             elif args.format == "csv":
-                for rank, (label, score) in enumerate(r.tags, 1):
-                    writer.writerow([r.image, rank, label, f"{score:.6f}"])
+                for rank, (label, score) in enumerate(tagged, 1):
+                    writer.writerow([image, rank, label, f"{score:.6f}"])
             else:
-                tags = ", ".join(f"{label} ({score:.3f})" for label, score in r.tags) or "(no tag above threshold)"
-                print(f"{r.image}\t{tags}", file=out)
+                tags = ", ".join(f"{label} ({score:.3f})" for label, score in tagged) or "(no tag above threshold)"
+                print(f"{image}\t{tags}", file=out)
         if args.format == "json":
             json.dump(results, out, indent=2, ensure_ascii=False)
             out.write("\n")

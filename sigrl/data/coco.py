@@ -56,6 +56,8 @@ def _load_api(path: Path):
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise DataError(f"{path}: not valid COCO JSON (nested too deeply)") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
         raise DataError(f"{path}: expected a COCO instances JSON with 'images' and 'categories' lists")
     data.setdefault("annotations", [])

@@ -334,9 +334,15 @@ def _h5_rows(h5, path: Path, names: list[str], suffix: str, widths: tuple[int, .
         key = f"{name}{suffix}"
         try:
             try:
-                v = np.asarray(h5[key][()]).reshape(-1)
+                node = h5[key]
             except KeyError:
                 raise DataError(f"{path}: no dataset '{key}' for image {name} (listed in the names pickle)") from None
+            if not hasattr(node, "dtype"):  # an HDF5 group (or link) where a label vector belongs
+                raise DataError(f"{path}: '{key}' is not a dataset (expected the label vector of image {name})")
+            try:
+                v = np.asarray(node[()]).reshape(-1)
+            except (OSError, TypeError, ValueError) as err:
+                raise DataError(f"{path}: cannot read '{key}' ({err})") from None
             if v.size not in widths:
                 raise DataError(f"{path}: '{key}' has {v.size} values, expected {' or '.join(map(str, widths))}")
             v = v[: widths[0]]

@@ -100,6 +100,10 @@ def parse_annotation(path: Path) -> list[tuple[str, bool]]:
         raise DataError(f"{path}: file not found (expected the annotation of this image)") from None
     except ET.ParseError as err:
         raise DataError(f"{path}: malformed XML ({err})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory (expected the annotation XML of this image)") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     out = []
     for obj in tree.getroot().iter("object"):
         name = (obj.findtext("name") or "").strip()
