@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import UsageError
+from .errors import CheckpointError, UsageError
 from .images import ImageError, find_images, load_image
 from .modules.matching import MODES, match_scores
 from .prompts import clean_labels, embed_labels, load_prompts
@@ -127,6 +127,24 @@ class Tagger:
             self.prompts = load_prompts(prompts)
         with torch.no_grad():
             self.label_emb = embed_labels(self.backbone, self.labels, self.prompts, context=context)
+        self._check_finite(checkpoint or pretrained or model or "the backbone")
+
+    @torch.no_grad()
+    def _check_finite(self, source) -> None:
+        """Weights holding NaN/inf (a corrupt or tampered checkpoint) would give NaN
+        scores for every image: refuse them once, up front."""
+        from PIL import Image
+
+        if not torch.isfinite(self.label_emb).all():
+            raise CheckpointError(f"{source}: the text encoder gives NaN/inf label embeddings; "
+                                  "the weights are corrupt (re-download or retrain them)")
+        size = self.backbone.preprocess_config.image_size
+        probe = self.backbone.preprocess(Image.new("RGB", (size, size), (128, 128, 128)))
+        g, l = self.backbone.encode_images(probe.unsqueeze(0).to(self.backbone.device))
+        if not (torch.isfinite(g).all() and torch.isfinite(l).all()
+                and torch.isfinite(self.score_features(g, l)).all()):
+            raise CheckpointError(f"{source}: the model gives NaN/inf for a plain grey image; "
+                                  "the weights are corrupt (re-download or retrain them)")
 
     @torch.no_grad()
     def score_features(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
@@ -167,6 +185,9 @@ class Tagger:
         for path, scores, err in self.iter_scores(paths, progress):
             if scores is None:
                 yield TagResult(str(path), error=err)
+                continue
+            if not torch.isfinite(scores).all():
+                yield TagResult(str(path), error="the model gives NaN/inf scores for this image")
                 continue
             values, index = scores.sort(descending=True)
             tags = [(self.labels[j], float(v)) for v, j in zip(values[:k].tolist(), index[:k].tolist())
