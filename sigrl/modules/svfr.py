@@ -93,35 +93,35 @@ def reconstruct_naive(L: torch.Tensor, U: torch.Tensor, W3: torch.Tensor, b3: to
 
 
 # --------------------------------------------------------------------------- chunked
-def _chunk_forward(L, Vc, W, b):
-    """Recompute one chunk. L: (B, P, D); Vc: (B, c, D) label-side features of the chunk.
-    Returns (Y, alpha): tanh(L * Vc) and the softmax over p of W Y + b, both (B, P, c, D)."""
+def _chunk_forward(L, Vc, Wt):
+    """Recompute one chunk. L: (B, P, D); Vc: (B, c, D) label-side features of the chunk;
+    Wt: (D, D) the transposed weight. Returns (Y, alpha): ``tanh(L * Vc)`` and the softmax
+    over p of ``Y W^T``, both (B, P, c, D). The bias is left out: it is constant over p,
+    so it cancels in the softmax."""
     Y = L[:, :, None, :] * Vc[:, None, :, :]
     Y.tanh_()
     B, P, c, D = Y.shape
-    A = Y.reshape(-1, D) @ W.t()
-    if b is not None:
-        A += b
-    A = A.view(B, P, c, D)
-    alpha = torch.softmax(A, dim=1)
-    return Y, alpha
+    A = (Y.view(-1, D) @ Wt).view(B, P, c, D)
+    # softmax over p, in place
+    A -= A.amax(dim=1, keepdim=True)
+    A.exp_()
+    A /= A.sum(dim=1, keepdim=True)
+    return Y, A
 
 
-def _chunk_backward(L, Vc, W, Y, dA, need_L, need_V, need_W, need_b, grads):
+def _chunk_backward(L, Vc, negW, Y, dA, need_L, need_V, need_W, grads):
     """Shared tail of both backward passes, given dA (the gradient w.r.t. the pre-softmax
-    logits of one chunk, (B, P, c, D)). Accumulates dL, dW, db into ``grads = [dL, _, dW, db]``
-    and returns dVc (B, c, D) (or None when not needed)."""
+    logits of one chunk, (B, P, c, D)) and ``negW = -W``. Accumulates dL and dW into
+    ``grads = [dL, _, dW, _]`` and returns dVc (B, c, D) (or None when not needed).
+    The bias gradient is exactly zero (the bias cancels in the softmax over p)."""
     D = Y.shape[-1]
     if need_W:
-        grads[2] += dA.reshape(-1, D).t() @ Y.reshape(-1, D)
-    if need_b:
-        grads[3] += dA.sum(dim=(0, 1, 2))
+        grads[2] += dA.view(-1, D).t() @ Y.view(-1, D)
     if not (need_L or need_V):
         return None
-    dX = (dA.reshape(-1, D) @ W).view_as(Y)
+    dX = (dA.view(-1, D) @ negW).view_as(Y)  # -(dA W)
     del dA
-    Y.mul_(Y).neg_().add_(1)  # tanh' = 1 - Y^2 (Y is not needed any more)
-    dX *= Y
+    dX *= Y.square_().sub_(1)  # times (Y^2 - 1) = -tanh'; Y is not needed any more
     if need_L:
         grads[0] += (dX * Vc[:, None, :, :]).sum(dim=2)
     if need_V:
@@ -137,10 +137,11 @@ class _Decouple(torch.autograd.Function):
         B, P, D = L.shape
         C = T.shape[0]
         out = L.new_empty(B, C, D)
+        W1t = W1.t()
         for s in range(0, C, chunk):
             sl = slice(s, min(C, s + chunk))
-            _, alpha = _chunk_forward(L, T[sl].unsqueeze(0), W1, b1)
-            out[:, sl] = (alpha * L[:, :, None, :]).sum(dim=1)
+            _, alpha = _chunk_forward(L, T[sl].unsqueeze(0), W1t)
+            out[:, sl] = alpha.mul_(L[:, :, None, :]).sum(dim=1)
         ctx.save_for_backward(L, T, W1, b1, out)
         ctx.chunk = chunk
         return out
@@ -157,23 +158,23 @@ class _Decouple(torch.autograd.Function):
             torch.zeros_like(W1) if need_W else None,
             torch.zeros_like(b1) if need_b else None,
         ]
-        if not (need_L or need_T or need_W or need_b):
-            return None, None, None, None, None
+        if not (need_L or need_T or need_W):
+            return None, None, None, grads[3], None
         dF = dF.contiguous()
+        W1t, negW1 = W1.t(), -W1
         for s in range(0, C, ctx.chunk):
             sl = slice(s, min(C, s + ctx.chunk))
             Tc = T[sl].unsqueeze(0)
-            Y, alpha = _chunk_forward(L, Tc, W1, b1)
-            G = dF[:, None, sl, :]  # (B, 1, c, D)
+            Y, alpha = _chunk_forward(L, Tc, W1t)
+            aG = alpha.mul_(dF[:, None, sl, :])  # alpha * G, G = dF of the chunk (B, 1, c, D)
             if need_L:  # direct path of F = sum_p alpha * L
-                grads[0] += (alpha * G).sum(dim=2)
+                grads[0] += aG.sum(dim=2)
             # softmax backward: dA = alpha * (dalpha - sum_p alpha dalpha), dalpha = G * L,
-            # and sum_p alpha * G * L = G * F.
+            # and sum_p alpha * G * L = G * F, so dA = alpha * G * (L - F).
             dA = L[:, :, None, :] - F[:, None, sl, :]
-            dA *= G
-            dA *= alpha
-            del alpha
-            dTc = _chunk_backward(L, Tc, W1, Y, dA, need_L, need_T, need_W, need_b, grads)
+            dA *= aG
+            del alpha, aG
+            dTc = _chunk_backward(L, Tc, negW1, Y, dA, need_L, need_T, need_W, grads)
             if need_T:
                 grads[1][sl] = dTc.sum(dim=0)
         return grads[0], grads[1], grads[2], grads[3], None
@@ -186,9 +187,10 @@ class _Reconstruct(torch.autograd.Function):
     def forward(ctx, L, U, W3, b3, chunk):
         C = U.shape[1]
         S = torch.zeros_like(L)  # sum over c of alpha2
+        W3t = W3.t()
         for s in range(0, C, chunk):
             sl = slice(s, min(C, s + chunk))
-            _, alpha2 = _chunk_forward(L, U[:, sl], W3, b3)
+            _, alpha2 = _chunk_forward(L, U[:, sl], W3t)
             S += alpha2.sum(dim=2)
         ctx.save_for_backward(L, U, W3, b3, S)
         ctx.chunk = chunk
@@ -199,9 +201,10 @@ class _Reconstruct(torch.autograd.Function):
         L, U, W3, b3, S = ctx.saved_tensors
         need_L, need_U, need_W, need_b = ctx.needs_input_grad[:4]
         need_b = need_b and b3 is not None
-        if not (need_L or need_U or need_W or need_b):
-            return None, None, None, None, None
+        if not (need_L or need_U or need_W):
+            return None, None, None, torch.zeros_like(b3) if need_b else None, None
         C = U.shape[1]
+        W3t, negW3 = W3.t(), -W3
         grads = [
             dR * S if need_L else None,  # direct path of R = L * S
             torch.zeros_like(U) if need_U else None,
@@ -212,13 +215,13 @@ class _Reconstruct(torch.autograd.Function):
         for s in range(0, C, ctx.chunk):
             sl = slice(s, min(C, s + ctx.chunk))
             Uc = U[:, sl]
-            Y, alpha2 = _chunk_forward(L, Uc, W3, b3)
-            # softmax backward over p: dA2 = alpha2 * (dS - sum_p alpha2 * dS)
-            q = (alpha2 * dS).sum(dim=1, keepdim=True)  # (B, 1, c, D)
-            dA = dS - q
-            dA *= alpha2
+            Y, alpha2 = _chunk_forward(L, Uc, W3t)
+            # softmax backward over p: dA2 = alpha2 * dS - alpha2 * (sum_p alpha2 * dS)
+            dA = alpha2 * dS
+            q = dA.sum(dim=1, keepdim=True)  # (B, 1, c, D)
+            dA.addcmul_(alpha2, q, value=-1)
             del alpha2, q
-            dUc = _chunk_backward(L, Uc, W3, Y, dA, need_L, need_U, need_W, need_b, grads)
+            dUc = _chunk_backward(L, Uc, negW3, Y, dA, need_L, need_U, need_W, grads)
             if need_U:
                 grads[1][:, sl] = dUc
         return grads[0], grads[1], grads[2], grads[3], None
