@@ -345,9 +345,9 @@ def test_no_traceback_without_debug_and_one_with_it(tmp_path):
                        text=True, cwd=REPO, env=env, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "nowhere: not a directory" in p.stderr
-    p = subprocess.run([*base, "--debug", "tag", str(tmp_path), "--labels", " , "], capture_output=True,
-                       text=True, cwd=REPO, env=env, timeout=120)
-    assert p.returncode != 0 and "Traceback" in p.stderr and "UsageError: no labels" in p.stderr
+    p = subprocess.run([*base, "--debug", "tag", str(tmp_path), "--labels", "a", "--threshold", "7"],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "UsageError: --threshold" in p.stderr
     p = subprocess.run([*base, "tag", str(tmp_path), "--labels", "a", "--top-k", "0"], capture_output=True,
                        text=True, cwd=REPO, env=env, timeout=120)
     assert p.returncode == 2 and p.stderr.strip() == "sigrl tag: error: --top-k must be at least 1, got 0"

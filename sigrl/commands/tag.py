@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def register(sub, verb: str, help_text: str) -> None:
     p.add_argument("--threshold", type=float, help="keep only tags scoring at least this (0..1)")
     p.add_argument("--global-only", action="store_true", help="CLIP matching with the global embedding only (no patch tokens)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format (default table)")
-    p.add_argument("--output", "-o", help="write the results to this file instead of stdout")
+    p.add_argument("--output", "-o", help="write the results to this file instead of stdout (it appears when "
+                   "every image is done; meanwhile rows go to OUTPUT.partial-PID)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run)
@@ -90,10 +92,6 @@ def check_output(output: str) -> None:
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
-
-    from ..tagging import Tagger
-
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
@@ -103,12 +101,20 @@ def run(args) -> int:
     check_device(args.device)
     if args.output:
         check_output(args.output)
+    from tqdm.auto import tqdm
+
+    from ..tagging import Tagger
+
     tagger = Tagger(read_labels(args), model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
                     prompts=args.prompts, mode="global" if args.global_only else "local+global",
                     batch_size=args.batch_size, device=args.device)
     results, skipped = [], 0
+    # --output is written to OUTPUT.partial-<pid> and renamed over OUTPUT when every image
+    # is done: a run that is killed leaves the previous OUTPUT untouched (and its rows so
+    # far in the .partial file), and runs writing the same OUTPUT at once never interleave.
+    partial = Path(f"{args.output}.partial-{os.getpid()}") if args.output else None
     try:
-        out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+        out = open(partial, "w", encoding="utf-8", newline="") if partial else sys.stdout
     except OSError as err:
         raise UsageError(f"--output {args.output}: cannot write ({err.strerror or err})") from None
     try:
@@ -135,6 +141,8 @@ def run(args) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
+    if partial:
+        os.replace(partial, args.output)
     if skipped:
         print(f"sigrl tag: {skipped} input(s) skipped", file=sys.stderr)
     return 1 if skipped else 0
