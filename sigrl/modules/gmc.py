@@ -33,8 +33,16 @@ Layers (PyG):
     Both layers add self-loops. The sparse GCN path hands PyG the transposed adjacency
     as a ``torch.sparse_csr`` tensor (sparse-dense product; quicker than ``edge_index``
     scatter on CPU, same result). The dense path is taken when the graph's density (edges
-    / C^2) is at least ``dense_threshold`` (the complete graph always): over the complete
-    1006-label graph sparse GCNConv took 4.5 s on this machine, the dense form 20 ms.
+    / C^2) is at least ``dense_threshold`` (the complete graph always).
+
+Cost (``benchmarks/bench_gmc.py``, C=1006, D=512, one CPU thread of a shared 2-core
+machine, forward): GCN 49 ms dense / 580 ms sparse on the complete graph, 12 ms sparse
+on the k-NN graph; GATv2 25 ms sparse on the k-NN graph but 0.55 s dense on the
+complete graph (about 3 s per layer with backward): GATv2 attention is O(C^2 x hidden)
+on a dense graph whatever the implementation. On CPU prefer ``graph="knn"`` with GATv2
+(the head's default) or GCN for dense graphs. Note that GCN on the unweighted complete
+graph sends every label the same message (the mean of all labels): use it with the
+k-NN or co-occurrence graph, or use GATv2.
 
 Widths: GCN is D -> hidden -> D. GATv2 attention costs C^2 x width per layer, so both
 GATv2 layers are ``hidden`` wide (``heads`` heads of ``hidden // heads`` channels,
@@ -272,7 +280,7 @@ def dense_gatv2(conv: GATv2Conv, x: torch.Tensor, adj: torch.Tensor, *, block: i
     ``alpha_ij = softmax over j in N(i) + {i} of att . leaky_relu(x_r[i] + x_l[j])``,
     ``x_l = lin_l(x)``, ``x_r = lin_r(x)``. Targets are processed ``block`` at a time
     (recomputed in backward) so memory is O(block * C * heads * channels); ``None`` picks
-    blocks of about 2**20 numbers (small blocks stay in cache and were the fastest here).
+    blocks of about 2**20 numbers for inference and 2**22 with autograd (the fastest here).
 
     x: (C, F_in), adj: (C, C) with ``adj[j, i] > 0`` for an edge j -> i -> (C, F_out).
     """
@@ -284,8 +292,9 @@ def dense_gatv2(conv: GATv2Conv, x: torch.Tensor, adj: torch.Tensor, *, block: i
     x_r = conv.lin_r(x).view(C, H, Ch)
     mask = adj.t() > 0  # mask[i, j]: j -> i
     mask = mask | torch.eye(C, dtype=torch.bool, device=x.device)
-    if block is None:
-        block = max(1, (1 << 20) // max(1, C * H * Ch))
+    if block is None:  # measured here: small blocks stay in cache; autograd prefers fewer blocks
+        budget = (1 << 22) if torch.is_grad_enabled() else (1 << 20)
+        block = max(1, budget // max(1, C * H * Ch))
     outs = []
     for s in range(0, C, block):
         sl = slice(s, min(C, s + block))
