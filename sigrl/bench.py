@@ -127,62 +127,95 @@ def bench_nuswide_zsl(root: str | Path, scorers: list[Scorer], out_dir: str | Pa
     return tables
 
 
+def _read_json_dict(path: Path) -> dict:
+    """A JSON object from ``path``, or UsageError naming the file and the defect."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise UsageError(f"{path}: not a readable JSON file ({type(err).__name__}); "
+                         "re-run 'sigrl eval' on the run to rewrite it") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def _run_metrics(run_dir: Path) -> tuple[dict, dict]:
+    """(metrics, config) of a run directory, from eval.json (else run.json)."""
     for name in ("eval.json", "run.json"):
         p = run_dir / name
         if p.is_file():
-            data = json.loads(p.read_text())
-            metrics = data.get("metrics", data)
-            config = data.get("config", {})
-            if not config and (run_dir / "run.json").is_file():
-                config = json.loads((run_dir / "run.json").read_text()).get("config", {})
+            data = _read_json_dict(p)
+            metrics, config = data.get("metrics", data), data.get("config", {})
+            if not config and name == "eval.json" and (run_dir / "run.json").is_file():
+                config = _read_json_dict(run_dir / "run.json").get("config", {})
+            if not isinstance(metrics, dict) or not isinstance(config, dict):
+                raise UsageError(f"{p}: 'metrics' and 'config' must be JSON objects")
             return metrics, config
     raise UsageError(f"{run_dir}: not a run directory (no eval.json or run.json); train it with 'sigrl train'")
 
 
-def _map_of(metrics: dict) -> float | None:
-    for key in ("map", "mAP", "test_map", "test/mAP", "test_mAP"):
-        if key in metrics and isinstance(metrics[key], (int, float)):
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _map_of(metrics: dict, depth: int = 0) -> float | None:
+    for key in ("map", "mAP", "test/mAP", "test_mAP", "test/map"):
+        if _is_number(metrics.get(key)):
             return float(metrics[key])
-    for value in metrics.values():
-        if isinstance(value, dict):
-            found = _map_of(value)
-            if found is not None:
-                return found
+    if depth < 3:
+        for value in metrics.values():
+            if isinstance(value, dict):
+                found = _map_of(value, depth + 1)
+                if found is not None:
+                    return found
     return None
 
 
-def bench_runs(protocol: str, runs: list[str | Path], out_dir: str | Path) -> dict:
+def _run_row(protocol: str, run: Path) -> tuple[str, str, float]:
+    """(row name, column, test mAP) of one run; UsageError when it is unusable."""
+    metrics, config = _run_metrics(run)
+    m = _map_of(metrics)
+    if m is None:
+        raise UsageError(f"{run}: its metrics hold no mAP; evaluate it with 'sigrl eval {run}'")
+    if protocol != "partial":
+        return run.name, "mAP", m
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    prop = data.get("proportion")
+    if not _is_number(prop) or not 0 < prop <= 1:
+        raise UsageError(f"{run}: not a partial-label run (config data.proportion must be a number in (0, 1], got {prop!r})")
+    method = config.get("method") if isinstance(config.get("method"), dict) else {}
+    loss = config.get("loss") if isinstance(config.get("loss"), dict) else {}
+    name = method.get("name") if method.get("name") not in (None, "none") else loss.get("name")
+    return str(name or run.name), f"{round(100 * float(prop))}%", m
+
+
+def bench_runs(protocol: str, runs: list[str | Path], out_dir: str | Path) -> tuple[dict, list[str]]:
     """``spml``: one row per run (test mAP). ``partial``: rows by method, a column per
-    known-label proportion and the average over proportions."""
-    tables: dict = {}
+    known-label proportion and the average over proportions.
+
+    Returns ``(tables, problems)``: unusable runs are left out and described in
+    ``problems``; UsageError when no run is usable."""
     rows: dict = {}
+    problems: list[str] = []
     for run in runs:
-        run = Path(run)
-        metrics, config = _run_metrics(run)
-        m = _map_of(metrics)
-        if m is None:
-            raise UsageError(f"{run}: its metrics hold no mAP; evaluate it with 'sigrl eval {run}'")
-        if protocol == "partial":
-            data = config.get("data", {})
-            prop = data.get("proportion")
-            if prop is None:
-                raise UsageError(f"{run}: not a partial-label run (config data.proportion missing)")
-            method = config.get("method", {}).get("name") or config.get("loss", {}).get("name") or run.name
-            rows.setdefault(method, {})[f"{round(100 * float(prop))}%"] = m
-        else:
-            rows[run.name] = {"mAP": m}
-    if protocol == "partial":
-        for method, values in rows.items():
-            values["average"] = float(np.mean(list(values.values())))
-    tables["test mAP"] = rows
+        try:
+            name, column, m = _run_row(protocol, Path(run))
+        except UsageError as err:
+            problems.append(str(err))
+            continue
+        rows.setdefault(name, {})[column] = m
+    if not rows:
+        raise UsageError(problems[0] if len(problems) == 1 else f"no usable run among {len(problems)}: {problems[0]}")
     cols = None
     if protocol == "partial":
+        for values in rows.values():
+            values["average"] = float(np.mean(list(values.values())))
         props = sorted({c for r in rows.values() for c in r if c != "average"}, key=lambda c: float(c[:-1]))
         cols = props + ["average"]
+    tables = {"test mAP": rows}
     write_report(out_dir, f"{protocol} benchmark", tables, {"metric": "mean over classes of AP on the test split"},
                  columns=cols)
-    return tables
+    return tables, problems
 
 
 def load_scorers(checkpoints: list[str], model: str | None, pretrained: str | None, prompts: str | None,

@@ -59,7 +59,8 @@ def test_bench_runs_tables(tmp_path, capsys):
         method = "sst" if name.startswith("sst") else None
         (d / "eval.json").write_text(json.dumps({"metrics": {"mAP": m}, "config": {
             "data": {"proportion": prop}, "method": {"name": method}, "loss": {"name": "an"}}}))
-    tables = bench_runs("partial", [tmp_path / n for n in ["an10", "an50", "sst10"]], tmp_path / "out")
+    tables, problems = bench_runs("partial", [tmp_path / n for n in ["an10", "an50", "sst10"]], tmp_path / "out")
+    assert problems == []
     rows = tables["test mAP"]
     assert rows["an"] == {"10%": 0.5, "50%": 0.7, "average": pytest.approx(0.6)}
     assert rows["sst"]["10%"] == 0.6

@@ -137,10 +137,6 @@ def test_pt_checkpoint_that_runs_code_is_refused(name, tiny_clip_files, image_di
     assert code == 0, err
 
 
-@pytest.mark.xfail(strict=True, reason="sigrl/backbones/openclip.py load_state_dict_file passes torch's own "
-                   "message through, cut to its first line: 'Weights only load failed ... Re-running torch.load "
-                   "with weights_only set to False' -- it never says the file asks to run code and ends by "
-                   "suggesting the unsafe load (not ours to edit)")
 def test_pt_refusal_says_why_and_does_not_suggest_unsafe_load(tiny_clip_files, image_dir, tmp_path, capsys):
     torch.save({"x": RunsCommand(os.system, "true")}, tmp_path / "evil.pt")
     code, _, err = tag(capsys, image_dir, "--model", str(tiny_clip_files[0]), "--pretrained", str(tmp_path / "evil.pt"))
@@ -263,9 +259,6 @@ def test_malformed_run_json_is_one_line(kind, info, image_dir, tmp_path, capsys)
     one_line_error(err, "run.json")
 
 
-@pytest.mark.xfail(strict=True, reason="sigrl/backbones/openclip.py read_model_json catches only OSError and "
-                   "JSONDecodeError and assumes a JSON object: a JSON list, a non-UTF-8 file or a non-dict "
-                   "vision_cfg is a traceback (TypeError / UnicodeDecodeError / AttributeError; not ours to edit)")
 @pytest.mark.parametrize("content", [b"[1, 2]", b'{"embed_dim": "\xe9"}',
                                      b'{"embed_dim": 64, "vision_cfg": "big", "text_cfg": {}}'])
 def test_malformed_model_config_is_one_line(content, tiny_clip_files, image_dir, tmp_path, capsys):

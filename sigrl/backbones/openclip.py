@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -56,7 +57,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, hostile pickle, wrong format
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise CheckpointError(f"{path}: refused: the file asks to run code when loaded (only tensors are accepted); "
+                                  "use a .safetensors file or a plain state dict from a source you trust") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint (corrupt pickle: {str(err).splitlines()[0][:120]})") from None
+    except Exception as err:  # corrupt file, wrong format
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
@@ -71,8 +77,10 @@ def read_model_json(path: Path) -> tuple[dict, dict]:
     """open_clip model JSON -> (model_cfg, preprocess_cfg)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path}: not a readable JSON model config ({err})") from err
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise UsageError(f"{path}: not a readable JSON model config ({type(err).__name__})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_cfg", {}), dict):
+        raise UsageError(f"{path}: a model config must be a JSON object (open_clip's model config format)")
     if "model_cfg" in raw:
         model_cfg, pre = dict(raw["model_cfg"]), dict(raw.get("preprocess_cfg", {}))
     else:
@@ -81,6 +89,8 @@ def read_model_json(path: Path) -> tuple[dict, dict]:
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in model_cfg:
             raise UsageError(f"{path}: model config lacks '{key}' (expected open_clip's model config format)")
+    if not isinstance(model_cfg["vision_cfg"], dict) or not isinstance(model_cfg["text_cfg"], dict):
+        raise UsageError(f"{path}: 'vision_cfg' and 'text_cfg' must be JSON objects")
     return model_cfg, pre
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import UsageError
@@ -44,6 +45,7 @@ def run(args) -> int:
     from ..report import markdown_table
 
     out = Path(args.output)
+    problems: list[str] = []
     if args.protocol == "nuswide-zsl":
         if not args.root:
             raise UsageError("nuswide-zsl needs --root NUS-WIDE-DIR")
@@ -54,8 +56,10 @@ def run(args) -> int:
     else:
         if not args.runs:
             raise UsageError(f"{args.protocol} needs one or more RUN directories")
-        tables = bench_runs(args.protocol, args.runs, out)
+        tables, problems = bench_runs(args.protocol, args.runs, out)
+        for problem in problems:
+            print(f"sigrl bench: skipped {problem}", file=sys.stderr)
     for name, rows in tables.items():
         print(f"\n{name}\n" + markdown_table(rows, sorted({c for r in rows.values() for c in r})))
     print(f"written: {out / 'results.md'}, results.json, results.csv")
-    return 0
+    return 1 if args.protocol != "nuswide-zsl" and problems else 0
