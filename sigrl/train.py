@@ -176,7 +176,11 @@ def build_backbone(cfg: Config, world: Path | None, device="cpu"):
             raise _config_error("backbone.pretrain", err) from None
         config_json, weights = ensure_tiny_vlp(world, spec)
         model, pretrained = str(config_json), str(weights)
-    return load_backbone(model, pretrained, device=str(device), preprocess=dict(cfg.backbone.preprocess) or None)
+    # a backbone without weights (pretrained: null) is randomly initialised: do it the same way
+    # every time, so its feature caches and runs stay consistent (and leave the global RNG alone)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return load_backbone(model, pretrained, device=str(device), preprocess=dict(cfg.backbone.preprocess) or None)
 
 
 def _observe(cfg: Config, targets: np.ndarray) -> np.ndarray:
@@ -324,9 +328,14 @@ def part_dataset(part: Part, backbone, augment: bool = False) -> torch.utils.dat
 
 
 def features(batch: dict, backbone) -> tuple[torch.Tensor, torch.Tensor]:
-    """(global, local) of a batch: read from the cache, or encoded now (live mode)."""
+    """(global, local) of a batch: read from the cache, or encoded now (live mode).
+
+    Live features are rounded to float16 like the cache's, so a run does not depend on
+    where its features come from (Adam turns tiny input differences into different runs).
+    """
     if "pixels" in batch:
-        return backbone.encode_images(batch["pixels"])
+        g, l = backbone.encode_images(batch["pixels"])
+        return g.half().float(), l.half().float()
     return batch["global"], batch["local"]
 
 
@@ -545,6 +554,9 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
     if not resume and accelerator.is_main_process and (run_dir / "state").exists():
         raise ConfigError(f"{run_dir}: holds a training state from an earlier run; pass --resume to continue it, "
                           "or set output to a new directory")
+    if accelerator.is_main_process:
+        print(f"sigrl train: {accelerator.num_processes} processes, {accelerator.distributed_type.value}, "
+              f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}", file=sys.stderr)
     set_seed(cfg.train.seed)
     exp = prepare_experiment(cfg, accelerator, progress=progress)
     set_seed(cfg.train.seed)  # again: building caches may differ per process, the modules may not
