@@ -28,7 +28,7 @@ from .errors import CheckpointError
 
 ZS_COLUMNS = ["P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5", "mAP"]
 
-__all__ = ["score_part", "part_metrics", "evaluate_parts", "evaluate_run", "format_metrics"]
+__all__ = ["score_part", "part_metrics", "metric_keys", "evaluate_parts", "evaluate_run", "format_metrics"]
 
 
 def _dist(accelerator) -> tuple[int, int]:
@@ -103,6 +103,16 @@ def part_metrics(model, part, backbone, accelerator=None, *, empty_class: str = 
 
     (scores,) = score_part(model, part, backbone, [list(part.labels)], accelerator, batch_size)
     return {f"{part.name}/mAP": mean_average_precision(scores.numpy(), targets, empty_class=empty_class)}
+
+
+def metric_keys(part) -> list[str]:
+    """The metric keys :func:`part_metrics` returns for ``part`` (higher is better)."""
+    if not part.unseen:
+        return [f"{part.name}/mAP"]
+    out = []
+    for setting, c in (("zsl", len(part.unseen)), ("gzsl", len(part.labels))):
+        out += [f"{part.name}/{setting}/{m}" for m in ZS_COLUMNS if m == "mAP" or int(m[-1]) <= c]
+    return out
 
 
 def evaluate_parts(model, exp, accelerator=None, parts=None) -> dict[str, float]:

@@ -551,7 +551,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
 
     run_dir = _run_dir(cfg)
     accelerator = make_accelerator(cfg, run_dir)
-    if not resume and accelerator.is_main_process and (run_dir / "state").exists():
+    if not resume and (run_dir / "state").exists():
         raise ConfigError(f"{run_dir}: holds a training state from an earlier run; pass --resume to continue it, "
                           "or set output to a new directory")
     if accelerator.is_main_process:
@@ -581,6 +581,13 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
     if resume and not load_training_state(accelerator, run_dir) and accelerator.is_main_process:
         print(f"sigrl train: no saved state in {run_dir}; starting from epoch 1", file=sys.stderr)
     early = early_stop_metric(cfg, exp)
+    if early is not None:
+        from .evaluate import metric_keys
+
+        known = [k for p in (exp.val, exp.test) if p is not None for k in metric_keys(p)]
+        if early not in known:
+            raise ConfigError(f"train.early_stop: this run computes no metric {early!r}; choose one of "
+                              f"{', '.join(known)}, 'auto' or 'none'")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.trackers:
@@ -661,9 +668,6 @@ def _update_best(state: Progress, row: dict, metric: str | None) -> bool:
         state.best_epoch = row["epoch"]
         return True
     if metric not in row:
-        if any(k.startswith(("val/", "test/")) for k in row):
-            raise ConfigError(f"train.early_stop: metric {metric!r} is not computed by this run; "
-                              f"choose one of {', '.join(k for k in row if '/' in k and not k.startswith(('train', 'time')))}")
         return False  # no evaluation this epoch
     value = float(row[metric])
     if state.best is None or value > state.best:
