@@ -460,6 +460,12 @@ def make_accelerator(cfg: Config, run_dir: Path):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
+    from accelerate.utils import LoggerType
+
+    known = {t.value for t in LoggerType}
+    unknown = sorted(set(cfg.trackers) - known)
+    if unknown:
+        raise ConfigError(f"trackers: unknown tracker {', '.join(unknown)}; Accelerate knows {', '.join(sorted(known))}")
     cpu = not torch.cuda.is_available()
     if cpu and cfg.train.mixed_precision == "fp16":
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")
@@ -473,6 +479,11 @@ def make_accelerator(cfg: Config, run_dir: Path):
                                                   data_seed=cfg.train.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    active = {str(getattr(t, "value", t)) for t in accelerator.log_with}
+    missing = sorted(set(cfg.trackers) - active - {"all"})
+    if missing:
+        raise ConfigError(f"trackers: {', '.join(missing)} not installed (install its package, e.g. "
+                          "pip install tensorboard, or remove it from trackers)")
     n = accelerator.num_processes
     if n > 1 and cfg.train.batch_size % n:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must be a multiple "

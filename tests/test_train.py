@@ -168,6 +168,13 @@ def test_unknown_early_stop_metric(tmp_path, dataset, tiny_clip_files):
 
     with pytest.raises(ConfigError, match="val/zsl/mAP"):
         train(config(tmp_path, dataset, tiny_clip_files, "train.early_stop=val/map"), progress=False)
+    with pytest.raises(ConfigError, match="trackers: unknown tracker nosuchtracker"):
+        train(config(tmp_path, dataset, tiny_clip_files, "trackers=[nosuchtracker]"), progress=False)
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        with pytest.raises(ConfigError, match="tensorboard not installed"):
+            train(config(tmp_path, dataset, tiny_clip_files, "trackers=[tensorboard]"), progress=False)
 
 
 def test_cli_train_eval(tmp_path, dataset, tiny_clip_files, capsys):
