@@ -10,7 +10,8 @@ Sections (every key has a default; a YAML file names only what it changes):
 
     data      format (csv|world|nuswide|voc|coco), root, observed (full|single_positive|partial),
               proportion, seed, val_fraction, all_labels (csv/world: ignore unseen.txt, train on
-              every label), world (WorldSpec fields, + quick: true), options
+              every label), max_train_images (seeded subset), world (WorldSpec fields, + quick:
+              true), options
               (keyword arguments of the dataset loader)
     backbone  model (open_clip name, JSON config, HF directory, or "world"), pretrained,
               preprocess (overrides: image_size, resize_size, interpolation, mean, std),
@@ -55,6 +56,7 @@ class DataConfig:
     seed: int = 0
     val_fraction: float = 0.0
     all_labels: bool = False  # csv/world: train and test on every label, ignoring unseen.txt
+    max_train_images: int | None = None  # train on a seeded random subset of this size
     world: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
@@ -154,7 +156,7 @@ CHOICES = {
     "eval.empty_class": ("zero", "skip"),
 }
 POSITIVE = ("train.epochs", "train.batch_size", "train.grad_accum", "train.eval_every", "prompts.n_ctx",
-            "cache.shard_size", "cache.build_batch_size", "eval.batch_size")
+            "cache.shard_size", "cache.build_batch_size", "eval.batch_size", "data.max_train_images")
 NON_NEGATIVE = ("train.lr", "train.weight_decay", "train.warmup_steps", "train.num_workers", "train.patience",
                 "prompts.init_std")
 

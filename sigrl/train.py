@@ -263,6 +263,9 @@ def prepare_experiment(cfg: Config, accelerator=None, *, need_train: bool = True
         keep = rows[valid[rows]]
         if ds.unseen:  # zero-shot: images with no (observed) seen positive are dropped
             keep = keep[(observed[keep] == 1).any(axis=1)]
+        limit = cfg.data.max_train_images
+        if limit is not None and len(keep) > limit:
+            keep = np.sort(np.random.default_rng(cfg.data.seed).choice(keep, limit, replace=False))
         if len(keep) == 0:
             raise DataError(f"{ds.train.name or 'train'}: no training image left (after dropping unreadable "
                             "images and, in zero-shot mode, images without a seen positive)")

@@ -69,6 +69,7 @@ def test_round_trip():
     ("head:\n  klass: sigrl\n", "head.klass"),
     ("head:\n  options: 3\n", "head.options"),
     ("prompts:\n  n_ctx: 0\n", "prompts.n_ctx"),
+    ("data:\n  max_train_images: 0\n", "data.max_train_images"),
     ("- a\n- b\n", "mapping"),
     ("train: [1, 2\n", "YAML"),
 ])

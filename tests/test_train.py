@@ -141,8 +141,10 @@ def test_sigrl_head(tmp_path, dataset, tiny_clip_files):
     from sigrl.checkpoint import load_run
     from sigrl.train import train
 
-    cfg = config(tmp_path, dataset, tiny_clip_files, "head.class=sigrl", "train.epochs=1")
+    cfg = config(tmp_path, dataset, tiny_clip_files, "head.class=sigrl", "train.epochs=1",
+                 "data.max_train_images=12")
     res = train(cfg, progress=False)
+    assert res.history[-1]["step"] == 1  # 12 images, batches of 8, the incomplete last one dropped
     run = load_run(cfg.output)
     assert run.info["head_class"] == "SigRLHead"
     assert "test/zsl/mAP" in res.history[-1]
