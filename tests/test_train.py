@@ -195,3 +195,51 @@ def test_cli_train_eval(tmp_path, dataset, tiny_clip_files, capsys):
     assert result["zero_shot"] and "zsl/mAP" in result["metrics"]
     assert main(["train", str(y), "--set", "train.epoch=1"]) == 2
     assert "train.epoch" in capsys.readouterr().err
+
+
+def test_augment_falls_back_to_live_encoding(tmp_path, dataset, tiny_clip_files):
+    from sigrl.train import train
+
+    res = train(config(tmp_path, dataset, tiny_clip_files, "train.augment=true", "train.epochs=1"), progress=False)
+    assert res.history[-1]["train/loss"] > 0
+    assert not list((tmp_path.parent / "feature-cache").glob("*_train-*/.*.tmp"))
+
+
+def test_run_directory_refusals(tmp_path, tiny_backbone):
+    from sigrl.checkpoint import load_run, save_run
+    from sigrl.errors import CheckpointError
+    from sigrl.modules.adapter import AdapterHead
+    from sigrl.prompts import load_prompts
+
+    head = AdapterHead(64)
+    ctx = torch.randn(3, 64)
+    run = save_run(tmp_path / "r", head=head, backbone=tiny_backbone, prompts=load_prompts("photo"),
+                   labels=["a", "b"], config={"output": "x"}, context=ctx, metrics={"test/mAP": 0.5})
+    loaded = load_run(run, backbone=tiny_backbone)
+    assert torch.equal(loaded.context, ctx) and loaded.labels == ["a", "b"] and loaded.config == {"output": "x"}
+    assert loaded.prompts.templates == load_prompts("photo").templates and loaded.metrics == {"test/mAP": 0.5}
+    for k, v in head.state_dict().items():
+        assert torch.equal(loaded.head.state_dict()[k], v)
+
+    class Wide:  # a backbone of another width
+        embed_dim = 128
+
+    with pytest.raises(CheckpointError, match="embed_dim"):
+        load_run(run, backbone=Wide())
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "embed_dim": 32}))
+    with pytest.raises(CheckpointError, match="embed_dim"):
+        load_run(run)
+    (run / "run.json").write_text(json.dumps(info))
+    blob = (run / "head.safetensors").read_bytes()
+    (run / "head.safetensors").write_bytes(blob[:-8] + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_run(run)
+    (run / "head.safetensors").write_bytes(blob)
+    (run / "run.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_run(run)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_run(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="no run.json"):
+        load_run(tmp_path)
