@@ -4,8 +4,9 @@
     python benchmarks/bench_distributed.py --nproc 2 --set head.class=sigrl --json out.json
 
 ``torchrun`` starts N processes; inside, ``Accelerator(cpu=True)`` sees the torch.distributed
-environment and runs MULTI_CPU over gloo (``accelerate launch --cpu --num_processes N`` is
-another launcher for the same). Measured, each with fresh caches and ``OMP_NUM_THREADS=1``
+environment and runs MULTI_CPU over gloo. (On this machine ``accelerate launch --cpu
+--num_processes 2`` starts a single process with DistributedType.NO — checked — so the CPU
+benchmark uses torchrun; on GPUs ``accelerate launch`` works as usual.) Measured, each with fresh caches and ``OMP_NUM_THREADS=1``
 per process:
 
 1. ``sigrl cache build``: 1 process vs N (shard i is encoded by rank i mod N, rank 0 merges
