@@ -459,7 +459,9 @@ class TrainResult:
 
 
 # ============================================================================ accelerate
-def make_accelerator(cfg: Config, run_dir: Path):
+def make_accelerator(cfg: Config, run_dir: Path, resume: bool = False):
+    """The Accelerator of a run (CPU when there is no GPU); refuses to overwrite a run
+    directory holding a training state unless resuming."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
@@ -491,11 +493,13 @@ def make_accelerator(cfg: Config, run_dir: Path):
     if n > 1 and cfg.train.batch_size % n:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must be a multiple "
                           f"of the number of processes ({n})")
+    if not resume and (run_dir / "state").exists():
+        raise ConfigError(f"{run_dir}: holds a training state from an earlier run; pass --resume to continue it, "
+                          "or set output to a new directory")
+    if accelerator.is_main_process:
+        print(f"sigrl train: {n} processes, {accelerator.distributed_type.value}, device {accelerator.device}, "
+              f"mixed precision {accelerator.mixed_precision}", file=sys.stderr)
     return accelerator
-
-
-def _run_dir(cfg: Config) -> Path:
-    return Path(cfg.output)
 
 
 def _state_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
@@ -536,7 +540,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def load_training_state(accelerator, run_dir: Path) -> bool:
-    """Restore the last saved state; False when there is none."""
+    """Restore the last saved state; False (and a note) when there is none."""
     state, _, old = _state_dirs(run_dir)
     for candidate in (state, old):  # old: a crash between the two renames
         if (candidate / "COMPLETE").is_file():
@@ -546,6 +550,8 @@ def load_training_state(accelerator, run_dir: Path) -> bool:
                 raise CheckpointError(f"{candidate}: cannot restore the training state ({err}); "
                                       "delete it to start over") from None
             return True
+    if accelerator.is_main_process:
+        print(f"sigrl train: no saved state in {run_dir}; starting from epoch 1", file=sys.stderr)
     return False
 
 
@@ -559,26 +565,59 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
             and time-sliced jobs); ``--resume`` continues.
     """
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     from .evaluate import evaluate_parts
 
-    run_dir = _run_dir(cfg)
-    accelerator = make_accelerator(cfg, run_dir)
-    if not resume and (run_dir / "state").exists():
-        raise ConfigError(f"{run_dir}: holds a training state from an earlier run; pass --resume to continue it, "
-                          "or set output to a new directory")
-    if accelerator.is_main_process:
-        print(f"sigrl train: {accelerator.num_processes} processes, {accelerator.distributed_type.value}, "
-              f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}", file=sys.stderr)
+    run_dir = Path(cfg.output)
+    accelerator = make_accelerator(cfg, run_dir, resume)
     set_seed(cfg.train.seed)
     exp = prepare_experiment(cfg, accelerator, progress=progress)
     set_seed(cfg.train.seed)  # again: building caches may differ per process, the modules may not
+    model, optimizer, scheduler, loader, recovery = build_training(cfg, exp)
+    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
+    state = Progress()
+    accelerator.register_for_checkpointing(state)
+    if resume:
+        load_training_state(accelerator, run_dir)
+    early = early_stop_metric(cfg, exp)
+    start_tracking(accelerator, cfg, run_dir)
+    labels, epochs_run = list(exp.train.labels), 0
+    for epoch in range(state.epoch, cfg.train.epochs):
+        if recovery is not None:  # label recovery between epochs, over the whole training part
+            state.targets = recover_labels(recovery, epoch, model, exp, accelerator)
+        if state.targets is not None:
+            loader.dataset.set_targets(state.targets)
+        model.train()
+        loader.set_epoch(epoch)
+        t0, losses = time.time(), []
+        for batch in progress_bar(loader, accelerator, progress, f"epoch {epoch + 1}/{cfg.train.epochs}"):
+            with accelerator.accumulate(model):
+                g, l = features(batch, exp.backbone)
+                loss = model(g, l, labels, batch["target"], index=batch["index"], epoch=epoch)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            losses.append(loss.detach().float())
+            state.step += 1
+        row = {"epoch": epoch + 1, "step": state.step,
+               "train/loss": accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item(),
+               "lr": scheduler.get_last_lr()[0], "time/epoch_s": round(time.time() - t0, 3)}
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+            row.update(evaluate_parts(accelerator.unwrap_model(model), exp, accelerator))
+        end_epoch(accelerator, state, row, early, accelerator.unwrap_model(model), exp, run_dir)
+        epochs_run += 1
+        if _patience_over(cfg, state) or (stop_after is not None and epochs_run >= stop_after):
+            break
+    return finish(accelerator, state, early, exp, run_dir)
+
+
+def build_training(cfg: Config, exp: Experiment):
+    """(model, optimizer, scheduler, train loader, label recovery or None), not yet prepared."""
     generator = torch.Generator().manual_seed(cfg.train.seed)
     text = LabelText(exp.backbone, exp.prompts, cfg.prompts.n_ctx if cfg.prompts.tune else 0,
                      cfg.prompts.init_std, generator)
     model = TrainModule(build_head(cfg, exp), text, build_loss(cfg, exp))
-    recovery = build_recovery(cfg)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     train_set = part_dataset(exp.train, exp.backbone, augment=cfg.train.augment)
@@ -589,72 +628,45 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
                                          drop_last=len(train_set) >= cfg.train.batch_size)
     total_steps = cfg.train.epochs * math.ceil(len(loader) / cfg.train.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
-    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
-    state = Progress()
-    accelerator.register_for_checkpointing(state)
-    if resume and not load_training_state(accelerator, run_dir) and accelerator.is_main_process:
-        print(f"sigrl train: no saved state in {run_dir}; starting from epoch 1", file=sys.stderr)
-    early = early_stop_metric(cfg, exp)
-    if early is not None:
-        from .evaluate import metric_keys
+    return model, optimizer, scheduler, loader, build_recovery(cfg)
 
-        known = [k for p in (exp.val, exp.test) if p is not None for k in metric_keys(p)]
-        if early not in known:
-            raise ConfigError(f"train.early_stop: this run computes no metric {early!r}; choose one of "
-                              f"{', '.join(known)}, 'auto' or 'none'")
+
+def progress_bar(loader, accelerator, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, disable=not (progress and accelerator.is_main_process), leave=False,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def start_tracking(accelerator, cfg: Config, run_dir: Path) -> None:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.trackers:
         accelerator.init_trackers(run_dir.name or "sigrl", config=_flat(config_to_dict(cfg)))
-    labels = list(exp.train.labels)
-    epochs_run = 0
-    while state.epoch < cfg.train.epochs and not _patience_over(cfg, state):
-        epoch = state.epoch
-        if recovery is not None:
-            state.targets = recover_labels(recovery, epoch, model, exp, accelerator)
-        if state.targets is not None:
-            train_set.set_targets(state.targets)
-        model.train()
-        loader.set_epoch(epoch)
-        t0, losses = time.time(), []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and accelerator.is_main_process),
-                   leave=False, dynamic_ncols=True, file=sys.stderr)
-        for batch in bar:
-            with accelerator.accumulate(model):
-                g, l = features(batch, exp.backbone)
-                loss = model(g, l, labels, batch["target"], index=batch["index"], epoch=epoch)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            state.step += 1
-            losses.append(loss.detach().float())
-            bar.set_postfix(loss=f"{losses[-1].item():.4f}")
-        row = {"epoch": epoch + 1, "step": state.step,
-               "train/loss": accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item(),
-               "lr": scheduler.get_last_lr()[0], "time/epoch_s": round(time.time() - t0, 3)}
-        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            row.update(evaluate_parts(accelerator.unwrap_model(model), exp, accelerator,
-                                      parts=[p for p in (exp.val, exp.test) if p is not None]))
-        state.history.append(row)
-        state.epoch = epoch + 1
-        improved = _update_best(state, row, early)
-        if accelerator.is_main_process:
-            if improved:
-                save_best(accelerator.unwrap_model(model), exp, cfg, run_dir, row)
-            write_metrics_csv(run_dir / "metrics.csv", state.history)
-            print(_epoch_line(row, early), file=sys.stderr)
-        if cfg.trackers:
-            accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch + 1)
-        save_training_state(accelerator, run_dir)
-        epochs_run += 1
-        if stop_after is not None and epochs_run >= stop_after:
-            break
-    if cfg.trackers:
+
+
+def end_epoch(accelerator, state: Progress, row: dict, early: str | None, model: TrainModule, exp: Experiment,
+              run_dir: Path) -> None:
+    """Record the epoch: history, best run, metrics.csv, trackers, the training state."""
+    state.history.append(row)
+    state.epoch = row["epoch"]
+    improved = _update_best(state, row, early)
+    if accelerator.is_main_process:
+        if improved:
+            save_best(model, exp, exp.cfg, run_dir, row)
+        write_metrics_csv(run_dir / "metrics.csv", state.history)
+        print(_epoch_line(row), file=sys.stderr)
+    if exp.cfg.trackers:
+        accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["epoch"])
+    save_training_state(accelerator, run_dir)
+
+
+def finish(accelerator, state: Progress, early: str | None, exp: Experiment, run_dir: Path) -> TrainResult:
+    if exp.cfg.trackers:
         accelerator.end_training()
     best = next((r for r in state.history if r["epoch"] == state.best_epoch), state.history[-1] if state.history else {})
     if accelerator.is_main_process and best:
-        _write_eval_json(run_dir, best, cfg, exp, early)
+        _write_eval_json(run_dir, best, exp.cfg, exp, early)
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, list(state.history), state.best_epoch, best, early, exp.skipped_images())
 
@@ -667,14 +679,18 @@ def _patience_over(cfg: Config, state: Progress) -> bool:
 
 def early_stop_metric(cfg: Config, exp: Experiment) -> str | None:
     """The metric that picks the best epoch (higher is better), or None (keep the last)."""
+    from .evaluate import metric_keys
+
     name = cfg.train.early_stop
-    if name == "none":
+    if name == "none" or (name == "auto" and exp.val is None):
         return None
-    if name != "auto":
-        return name
-    if exp.val is None:
-        return None
-    return "val/zsl/mAP" if exp.val.unseen else "val/mAP"
+    if name == "auto":
+        return "val/zsl/mAP" if exp.val.unseen else "val/mAP"
+    known = [k for p in (exp.val, exp.test) if p is not None for k in metric_keys(p)]
+    if name not in known:
+        raise ConfigError(f"train.early_stop: this run computes no metric {name!r}; choose one of "
+                          f"{', '.join(known)}, 'auto' or 'none'")
+    return name
 
 
 def _update_best(state: Progress, row: dict, metric: str | None) -> bool:
@@ -734,7 +750,7 @@ def _write_eval_json(run_dir: Path, best: dict, cfg: Config, exp: Experiment, ea
     atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
 
 
-def _epoch_line(row: dict, early: str | None) -> str:
+def _epoch_line(row: dict) -> str:
     keys = [k for k in row if k.endswith("mAP") or k.endswith("F1@3")]
     parts = [f"epoch {row['epoch']}", f"loss {row['train/loss']:.4f}"] + [f"{k} {row[k]:.4f}" for k in keys]
     return "sigrl train: " + ", ".join(parts)
