@@ -163,3 +163,23 @@ def test_resume_after_sigkill(tmp_path, tiny_backbone, tiny_clip_files):
     rows = np.arange(12)
     for a, b in zip(cache.read(rows), clean.read(rows)):
         assert torch.equal(a, b)
+
+
+def test_cli_cache_build_and_info(tmp_path, tiny_clip_files, capsys):
+    from sigrl.cli import main
+    from test_train import make_dataset
+
+    data = make_dataset(tmp_path / "data", n_train=6, n_val=0, n_test=4, bad=True)
+    y = tmp_path / "run.yaml"
+    y.write_text(json.dumps({"data": {"format": "csv", "root": str(data)},
+                             "backbone": {"model": str(tiny_clip_files[0]), "pretrained": str(tiny_clip_files[1])},
+                             "cache": {"dir": str(tmp_path / "c"), "shard_size": 4}}))
+    assert main(["cache", "build", str(y), "-q"]) == 1  # built, one unreadable image skipped
+    out = capsys.readouterr()
+    assert "train: 7 images, 1 failed" in out.out and "test: 4 images, 0 failed" in out.out
+    assert "broken.png" in out.err
+    d = next((tmp_path / "c").glob("*_train-*"))
+    assert main(["cache", "info", str(d)]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 7
+    assert main(["cache", "build", str(y), "-q", "--splits", "test", "--rebuild"]) == 0
+    assert main(["cache", "build", str(y), "--splits", "nope"]) == 2
