@@ -101,6 +101,23 @@ def attribute_presence(targets: np.ndarray, labels: list[str]):
     return has_c, has_s, col_of, shp_of, colours, shapes
 
 
+def linear_probe_map(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray,
+                     steps: int = 300) -> float:
+    """Test mAP of a logistic-regression probe (one per column) trained full-batch on
+    frozen features: does the image embedding carry the attribute at all?"""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(train_x.shape[1], train_y.shape[1])
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-4)
+    y = torch.from_numpy((train_y == 1).astype(np.float32))
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(lin(train_x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return _map(lin(test_x).numpy(), test_y)
+
+
 def evaluate(model, preprocess_cfg: dict, world_root: Path, split: str = "test") -> dict:
     """Every figure of the module docstring as a flat dict."""
     root = Path(world_root)
@@ -136,10 +153,18 @@ def evaluate(model, preprocess_cfg: dict, world_root: Path, split: str = "test")
     s_t = np.where(has_s, 1, -1)
     c_emb = encode_texts(model, [f"a photo of something {c}." for c in colours])
     s_emb = encode_texts(model, [PROMPT.format(s) for s in shapes])
+    # same matching as the labels (softmax over the colour / shape words of each image)
     out["colour-prompts"] = _map(match_scores(g, loc, c_emb).numpy(), c_t)
     out["colour-prompts/random"] = random_map(c_t)
     out["shape-prompts"] = _map(match_scores(g, loc, s_emb).numpy(), s_t)
     out["shape-prompts/random"] = random_map(s_t)
+
+    # linear probes on the frozen global embedding, trained on the train split
+    train = load_csv_split(root / "train.csv", labels, root=root)
+    g_tr, _ = encode_split(model, preprocess_cfg, root, train.images)
+    tr_c, tr_s, *_ = attribute_presence(train.targets, labels)
+    out["probe/colour"] = linear_probe_map(g_tr, np.where(tr_c, 1, -1), g, c_t)
+    out["probe/shape"] = linear_probe_map(g_tr, np.where(tr_s, 1, -1), g, s_t)
     return out
 
 
@@ -163,6 +188,8 @@ def format_table(res: dict) -> str:
     lines.append("|---|---|---|")
     lines.append(f"| colour only: 'a photo of something {{colour}}.' | {res['colour-prompts']:.3f} | {res['colour-prompts/random']:.3f} |")
     lines.append(f"| shape only: 'a photo of a {{shape}}.' | {res['shape-prompts']:.3f} | {res['shape-prompts/random']:.3f} |")
+    lines.append(f"| linear probe on the image embedding (train split): colour presence | {res['probe/colour']:.3f} | {res['colour-prompts/random']:.3f} |")
+    lines.append(f"| linear probe on the image embedding (train split): shape presence | {res['probe/shape']:.3f} | {res['shape-prompts/random']:.3f} |")
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ from ..paths import cache_dir
 from ..safeio import atomic_write_text
 
 # Bump when the drawing or captioning changes: it is part of every world's hash.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -80,6 +80,8 @@ class WorldSpec:
         n_scenes: number of scene types (each with its own label preferences).
         min_objects, max_objects: objects per image (uniform), all different compounds.
         radius_min, radius_max: object radius as a fraction of the image side.
+        max_rotation: objects are turned by a uniform angle in +-max_rotation degrees
+            (180 = any orientation; small angles keep shapes upright and easier to learn).
         unseen_fraction: share of the compounds held out as unseen labels.
         n_pretrain, n_train, n_val, n_test: images per split (pretrain has captions).
         shape_only_captions, colour_only_captions, mixed_captions: probability that a
@@ -95,6 +97,7 @@ class WorldSpec:
     max_objects: int = 4
     radius_min: float = 0.14
     radius_max: float = 0.22
+    max_rotation: float = 20.0
     unseen_fraction: float = 0.25
     n_pretrain: int = 48000
     n_train: int = 6000
@@ -283,7 +286,7 @@ class World:
         s = self.spec.image_size
         x0, x1 = max(int(cx - r - 2), 0), min(int(cx + r + 3), s)
         y0, y1 = max(int(cy - r - 2), 0), min(int(cy + r + 3), s)
-        theta = rng.uniform(0, 2 * np.pi)
+        theta = np.deg2rad(rng.uniform(-self.spec.max_rotation, self.spec.max_rotation))
         ct, st = np.cos(theta), np.sin(theta)
         dx = (self._xx[y0:y1, x0:x1] - cx) / r
         dy = (self._yy[y0:y1, x0:x1] - cy) / r
@@ -291,7 +294,8 @@ class World:
         sdf = _shape_sdf(self.shapes[self.shape_of[label]], u, v)
         alpha = np.clip(0.5 - sdf * r, 0.0, 1.0)[..., None]  # ~1 pixel anti-aliased edge
         colour = self.colour_rgb[self.colour_of[label]] + rng.normal(0, 0.035, 3).astype(np.float32)
-        shade = 1.0 + 0.12 * (np.cos(theta) * dx + np.sin(theta) * dy)[..., None]
+        phi = rng.uniform(0, 2 * np.pi)
+        shade = 1.0 + 0.12 * (np.cos(phi) * dx + np.sin(phi) * dy)[..., None]
         region = img[y0:y1, x0:x1]
         img[y0:y1, x0:x1] = region * (1 - alpha) + np.clip(colour * shade, 0, 1) * alpha
 

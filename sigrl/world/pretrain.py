@@ -56,7 +56,7 @@ from ..safeio import atomic_write_text
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 TOKENIZER_NAME = "ViT-B-32"  # any name whose tokenizer is open_clip's bundled BPE (49408)
-PRETRAIN_VERSION = 1  # part of every checkpoint's hash: bump when training changes
+PRETRAIN_VERSION = 3  # part of every checkpoint's hash: bump when training changes
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,10 @@ class PretrainSpec:
     """
 
     model: str = "world-tiny"
-    steps: int = 420
+    steps: int = 1100
     batch_size: int = 128
     lr: float = 2e-3
-    warmup: int = 40
+    warmup: int = 50
     weight_decay: float = 0.1
     seed: int = 0
     threads: int = 2
@@ -265,6 +265,14 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def _adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
+    """AdamW, fused where this torch supports it on CPU (several times faster step)."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    except (TypeError, RuntimeError):
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
 # -- training -------------------------------------------------------------------------------
 def pretrain(world_root: str | os.PathLike, spec: PretrainSpec, *, progress: bool = True) -> PretrainResult:
     """Train the model of ``spec.model`` contrastively on ``world_root/captions.csv``."""
@@ -303,7 +311,7 @@ def pretrain(world_root: str | os.PathLike, spec: PretrainSpec, *, progress: boo
         torch.manual_seed(spec.seed)
         model = open_clip.CLIP(**model_cfg)
         model.train()
-        opt = torch.optim.AdamW(_param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
+        opt = _adamw(_param_groups(model, spec.weight_decay), spec.lr)
         loss_fn = open_clip.ClipLoss()
         order = np.random.default_rng([spec.seed, 11]).permutation
         perm, pos = order(len(rows)), 0
