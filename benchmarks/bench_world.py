@@ -17,6 +17,19 @@ Reports (test split, prompt "a photo of a {}.", matching of sigrl.modules.matchi
 mAP skips classes without a positive in the test split ("skip" rule). Oracle ties are
 broken at random (expected AP of a random order among equal scores). The world is a
 functional and comparative testbed, not a claim about real data.
+
+Measured (default world seed 0 and PretrainSpec, 2 shared CPU cores; generation 56 s,
+pre-training 277 s, loss 5.35 -> 1.66)::
+
+    scores                              mAP all   mAP unseen
+    zero-shot local+global              0.321     0.267
+    zero-shot global only               0.315     0.260
+    zero-shot local only                0.322     0.269
+    random scores                       0.056     0.047
+    colour oracle (no shape)            0.197     0.174
+    colour+shape oracle (no binding)    0.498     0.470
+    colour-only prompts 0.996 (random 0.275); shape-only prompts 0.523 (random 0.335)
+    linear probes: colour 0.997, shape 0.641
 """
 from __future__ import annotations
 
