@@ -39,6 +39,15 @@ SPML_RUNS = [
 ]
 PARTIAL_PROPORTIONS = (0.1, 0.5, 0.9)
 QUICK_SKIP = {"em", "ll_r"}  # --quick: a functional check, fewer rows
+# The demo must finish in about 10 minutes on 2 CPU cores, so it trains shorter than the
+# configs do (their full runs: `sigrl train configs/...`, `benchmarks/bench_spml.py`).
+# The SigRL head's reconstruction costs B*P*C*D^2 per step, so it gets a subset.
+BUDGET = {
+    "sigrl": ["data.max_train_images=2000", "train.epochs=3"],
+    "adapter": ["train.epochs=5"],
+    "spml": ["head.class=adapter", "data.max_train_images=3000", "train.epochs=4",
+             "loss.options.warmup_epochs=2"],
+}
 
 
 def _say(msg: str) -> None:
@@ -153,7 +162,7 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
     rows["clip"] = evaluate_zero_shot(clip, dataset, cache_root, plots_dir=out / "plots", progress=progress)
     for name, config in (("adapter", "world_adapter_zsl.yaml"), ("sigrl", "world_zsl.yaml")):
         run_dir = out / "runs" / f"{name}_zsl"
-        _train(config, common + [f"output={run_dir}"], progress)
+        _train(config, common + ([] if quick else BUDGET[name]) + [f"output={run_dir}"], progress)
         rows[name] = evaluate_zero_shot(Scorer.from_run(run_dir, name=name), dataset, cache_root,
                                         plots_dir=out / "plots", progress=progress)
     results["zsl"] = {k: _zs_entry(v["zsl"]) for k, v in rows.items()}
@@ -166,14 +175,16 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
             continue
         if quick and name == "em_apl":
             extra = extra + ["loss.options.warmup_epochs=1"]  # the quick demo trains 2 epochs
-        res = _train("world_spml_an.yaml", common + extra + [f"output={out / 'runs' / ('spml_' + name)}"], progress)
+        budget = [] if quick else [b for b in BUDGET["spml"] if name == "em_apl" or "warmup" not in b]
+        res = _train("world_spml_an.yaml", common + budget + extra + [f"output={out / 'runs' / ('spml_' + name)}"], progress)
         spml[name] = {"map": _test_map(res)}
     results["spml"] = spml
     partial = {}
     for p in ((0.5,) if quick else PARTIAL_PROPORTIONS):
         for method in ("none", "sst"):
             key = f"{'bce' if method == 'none' else method}@{round(100 * p)}%"
-            res = _train("world_spml_an.yaml", common + ["data.observed=partial", f"data.proportion={p}", "loss.name=full",
+            budget = [] if quick else [b for b in BUDGET["spml"] if "warmup" not in b]
+            res = _train("world_spml_an.yaml", common + budget + ["data.observed=partial", f"data.proportion={p}", "loss.name=full",
                                                          f"method.name={method}",
                                                          f"output={out / 'runs' / ('partial_' + key.replace('@', '_').rstrip('%'))}"],
                          progress)
