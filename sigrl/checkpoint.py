@@ -197,7 +197,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", backbone=N
         for key in ("head_class", "head_config", "labels", "backbone", "embed_dim", "preprocess", "prompts"):
             if key not in info:
                 raise ValueError(f"missing key {key!r}")
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+        if not isinstance(info["head_config"], dict):
+            raise ValueError("head_config is not a JSON object")
+        if isinstance(info["embed_dim"], bool) or not isinstance(info["embed_dim"], int):
+            raise ValueError(f"embed_dim must be an integer, got {info['embed_dim']!r}")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise CheckpointError(f"{info_path}: corrupt run file ({err}); retrain or restore the run") from None
     if not head_path.is_file():
         raise CheckpointError(f"{run_dir}: {HEAD_FILE} missing; retrain or restore the run")
@@ -211,7 +215,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", backbone=N
         raise CheckpointError(f"{head_path}: corrupt weights file ({err})") from None
     embed_dim = int(info["embed_dim"])
     head_dim = info["head_config"].get("embed_dim")
-    if head_dim is not None and int(head_dim) != embed_dim:
+    if head_dim is not None and head_dim != embed_dim:
         raise CheckpointError(f"{run_dir}: head has embed_dim {head_dim} but its backbone has {embed_dim}")
     cls = head_class(info["head_class"])
     try:
