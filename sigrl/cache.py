@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -49,7 +47,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, DataError
-from .safeio import atomic_write_text
+from .safeio import atomic_write, atomic_write_text
 
 FORMAT = "sigrl-feature-cache"
 VERSION = 1
@@ -257,20 +255,9 @@ def _shard_name(i: int) -> str:
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> int:
-    """np.save to a temp file in the same folder, fsync, rename. Returns the file size."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """np.save through :func:`~sigrl.safeio.atomic_write` (temp file, fsync, rename).
+    Returns the file size."""
+    atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
     return path.stat().st_size
 
 

@@ -29,6 +29,7 @@ import posixpath
 import re
 import tempfile
 from pathlib import Path
+from typing import IO, Callable
 
 from .errors import DataError, UnsafeFileError
 
@@ -135,8 +136,10 @@ def safe_join(root: str | os.PathLike, relative: str, *, where: str | None = Non
     return Path(root) / safe_relpath(relative, where=where)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, replace).
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` fills a temp file in the same directory,
+    which is fsync'ed and renamed over ``path`` (the rename is fsync'ed too where the
+    platform allows). A failure leaves ``path`` untouched and no temp file behind.
 
     Parent directories are created. The file gets the usual permissions
     (``0o666 & ~umask``), not the temp file's private ``0o600``. Returns ``path``.
@@ -146,7 +149,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         umask = os.umask(0)
@@ -170,6 +173,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     finally:
         os.close(dfd)
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:

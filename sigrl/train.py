@@ -149,16 +149,22 @@ def load_dataset(cfg: Config):
     return ZeroShotDataset(train, test, list(train.labels), []), None
 
 
+def _spec(cls, options: dict, key: str):
+    """A WorldSpec/PretrainSpec from config ``options`` (``quick: true`` starts from
+    ``cls.quick()``); errors name the config ``key``."""
+    opts = dict(options)
+    try:
+        if opts.pop("quick", False):
+            return cls.quick(**opts)
+        return cls.from_dict(opts)
+    except (SigrlError, TypeError) as err:
+        raise _config_error(key, err) from None
+
+
 def world_root(cfg: Config) -> Path:
     from .world import WorldSpec, ensure_world
 
-    opts = dict(cfg.data.world)
-    try:
-        spec = WorldSpec.quick(**{k: v for k, v in opts.items() if k != "quick"}) if opts.get("quick") \
-            else WorldSpec.from_dict(opts)
-    except (SigrlError, TypeError) as err:
-        raise _config_error("data.world", err) from None
-    return ensure_world(spec)
+    return ensure_world(_spec(WorldSpec, cfg.data.world, "data.world"))
 
 
 def build_backbone(cfg: Config, world: Path | None, device="cpu"):
@@ -168,13 +174,7 @@ def build_backbone(cfg: Config, world: Path | None, device="cpu"):
     if model == "world":
         from .world.pretrain import PretrainSpec, ensure_tiny_vlp
 
-        opts = dict(cfg.backbone.pretrain)
-        try:
-            spec = PretrainSpec.quick(**{k: v for k, v in opts.items() if k != "quick"}) if opts.get("quick") \
-                else PretrainSpec.from_dict(opts)
-        except (SigrlError, TypeError) as err:
-            raise _config_error("backbone.pretrain", err) from None
-        config_json, weights = ensure_tiny_vlp(world, spec)
+        config_json, weights = ensure_tiny_vlp(world, _spec(PretrainSpec, cfg.backbone.pretrain, "backbone.pretrain"))
         model, pretrained = str(config_json), str(weights)
     # a backbone without weights (pretrained: null) is randomly initialised: do it the same way
     # every time, so its feature caches and runs stay consistent (and leave the global RNG alone)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, UsageError
-from .base import Backbone, PreprocessConfig, cut_to_longest
+from .base import Backbone, PreprocessConfig
 
 
 def file_sha256(path: str | Path, limit: int | None = None) -> str:

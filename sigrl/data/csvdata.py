@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, SigrlError, UnsafeFileError, UsageError
+from ..errors import DataError, SigrlError, UsageError
 from ..safeio import atomic_write_text, safe_relpath
 from .base import MultiLabelSplit, ZeroShotDataset
 

@@ -99,14 +99,6 @@ class AdapterHead(_ConfigMixin, nn.Module):
         self.global_adapter = ResidualMLP(embed_dim, hidden, dropout)
         self.local_adapter = None if self.shared else ResidualMLP(embed_dim, hidden, dropout)
 
-    @property
-    def logit_scale(self) -> float:
-        return self.scale.init
-
-    @property
-    def learn_logit_scale(self) -> bool:
-        return self.scale.learn
-
     def forward(
         self,
         global_feats: torch.Tensor,

@@ -141,6 +141,15 @@ class _ConfigMixin:
 
     _CONFIG_KEYS: tuple[str, ...] = ()
 
+    # config values that live on the LogitScale sub-module ``self.scale``
+    @property
+    def logit_scale(self) -> float:
+        return self.scale.init
+
+    @property
+    def learn_logit_scale(self) -> bool:
+        return self.scale.learn
+
     @property
     def config(self) -> dict[str, Any]:
         cfg = {"type": type(self).__name__}
@@ -258,14 +267,6 @@ class SigRLHead(_ConfigMixin, nn.Module):
             n = len(label_prior_names)
             self.set_label_prior(label_prior_names, torch.zeros(n, n), torch.zeros(n))
 
-    # config values that live on sub-modules
-    @property
-    def logit_scale(self) -> float:
-        return self.scale.init
-
-    @property
-    def learn_logit_scale(self) -> bool:
-        return self.scale.learn
 
     # ------------------------------------------------------------------ label prior
     def set_label_prior(self, names: list[str], counts, label_counts) -> None:

@@ -253,7 +253,6 @@ class World:
 
     def _background(self, scene: int, rng: np.random.Generator) -> np.ndarray:
         look = self.scene_looks[scene]
-        s = self.spec.image_size
         tint = np.asarray(look["tint"], dtype=np.float32) + rng.normal(0, 0.04, 3).astype(np.float32)
         m = self._interp[look["grid"]]
         grid = rng.standard_normal((3, look["grid"], look["grid"]), dtype=np.float32)
