@@ -18,7 +18,9 @@ Sections (every key has a default; a YAML file names only what it changes):
               pretrain (model "world": how the tiny model is pre-trained; quick: true for tests)
     prompts   name (prompt set or template), tune (learn CoOp context vectors), n_ctx
     head      class (sigrl|adapter), options (keyword arguments of the head)
-    loss      name (see sigrl.losses.LOSSES), options
+    loss      name (see sigrl.losses.LOSSES), options; transport_weight (> 0 adds the
+              conditional-transport loss between label-specific features and label
+              embeddings), transport_tau, transport_labels (observed|predicted)
     method    name (none|sst|clsl), options
     train     epochs, batch_size (global, split across processes), lr, weight_decay, grad_accum,
               mixed_precision (no|fp16|bf16), seed, eval_every, early_stop, patience,
@@ -88,6 +90,10 @@ class HeadConfig:
 class LossConfig:
     name: str = "ranking"
     options: dict = field(default_factory=dict)
+    # conditional-transport auxiliary loss (SCT), added with this weight to any loss above
+    transport_weight: float = 0.0
+    transport_tau: float = 0.1
+    transport_labels: str = "observed"  # which labels each image transports: observed | predicted
 
 
 @dataclass
@@ -151,6 +157,7 @@ CHOICES = {
     "data.observed": ("full", "single_positive", "partial"),
     "head.class": ("sigrl", "adapter"),
     "method.name": ("none", "sst", "clsl"),
+    "loss.transport_labels": ("observed", "predicted"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.scheduler": ("constant", "cosine"),
     "eval.empty_class": ("zero", "skip"),
@@ -158,7 +165,7 @@ CHOICES = {
 POSITIVE = ("train.epochs", "train.batch_size", "train.grad_accum", "train.eval_every", "prompts.n_ctx",
             "cache.shard_size", "cache.build_batch_size", "eval.batch_size", "data.max_train_images")
 NON_NEGATIVE = ("train.lr", "train.weight_decay", "train.warmup_steps", "train.num_workers", "train.patience",
-                "prompts.init_std")
+                "prompts.init_std", "loss.transport_weight")
 
 
 def _yaml_key(cls, name: str) -> str:
@@ -299,6 +306,8 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     if cfg.backbone.model == "world" and cfg.data.format != "world":
         raise ConfigError(f"{source}: backbone.model 'world' (the embedded tiny model) needs data.format=world; "
                           "name an open_clip model or a model JSON/directory")
+    if not cfg.loss.transport_tau > 0:
+        raise ConfigError(f"{source}: loss.transport_tau must be > 0, got {cfg.loss.transport_tau!r}")
     if not cfg.output:
         raise ConfigError(f"{source}: output (the run directory) must not be empty")
     if cfg.data.observed == "partial" and cfg.data.proportion >= 1.0:

@@ -375,17 +375,37 @@ class TrainModule(nn.Module):
     prompt context (in ``text``) and the loss's own state (e.g. ROLE's label estimates).
 
     ``forward(g (B,D), l (B,P,D), labels)`` -> logits (B, C);
-    with ``observed`` (B, C) -> the scalar loss."""
+    with ``observed`` (B, C) -> the scalar loss: ``loss(logits, observed)``, plus
+    ``transport_weight`` x the conditional-transport cost (SCT) between the head's
+    label-specific features F (B, C, D) and the label embeddings T (C, D) when a
+    ``transport`` loss is given. Each image transports its observed (or recovered)
+    positives (``transport_labels="observed"``), or every label weighted by the model's
+    own detached probability (``"predicted"``)."""
 
-    def __init__(self, head: nn.Module, text: LabelText, loss: nn.Module | None = None):
+    def __init__(self, head: nn.Module, text: LabelText, loss: nn.Module | None = None, *,
+                 transport: nn.Module | None = None, transport_weight: float = 0.0,
+                 transport_labels: str = "observed"):
         super().__init__()
         self.head, self.text, self.loss = head, text, loss
+        self.transport = transport if transport is not None and transport_weight > 0 else None
+        self.transport_weight, self.transport_labels = float(transport_weight), transport_labels
 
     def forward(self, g, l, labels, observed=None, *, index=None, epoch=None):
-        logits = self.head(g, l, self.text(labels), label_names=list(labels))
-        if observed is None:
-            return logits
-        return self.loss(logits.float(), observed, index=index, epoch=epoch)
+        T = self.text(labels)
+        if observed is None or self.transport is None:
+            logits = self.head(g, l, T, label_names=list(labels))
+            return logits if observed is None else self.loss(logits.float(), observed, index=index, epoch=epoch)
+        logits, extras = self.head(g, l, T, label_names=list(labels), return_extras=True)
+        loss = self.loss(logits.float(), observed, index=index, epoch=epoch)
+        feats = extras.get("label_feats")
+        if feats is None:
+            raise ConfigError(f"loss.transport_weight: head {type(self.head).__name__} returns no label-specific "
+                              "features (it needs local features); set loss.transport_weight=0")
+        if self.transport_labels == "observed":
+            weights = (observed > 0).float()
+        else:
+            weights = torch.sigmoid(logits.detach().float())
+        return loss + self.transport_weight * self.transport(feats.float(), T.float(), weights)
 
 
 def build_head(cfg: Config, exp: Experiment) -> nn.Module:
@@ -617,7 +637,15 @@ def build_training(cfg: Config, exp: Experiment):
     generator = torch.Generator().manual_seed(cfg.train.seed)
     text = LabelText(exp.backbone, exp.prompts, cfg.prompts.n_ctx if cfg.prompts.tune else 0,
                      cfg.prompts.init_std, generator)
-    model = TrainModule(build_head(cfg, exp), text, build_loss(cfg, exp))
+    transport = None
+    if cfg.loss.transport_weight > 0:
+        from .losses.transport import ConditionalTransportLoss
+
+        transport = ConditionalTransportLoss(tau=cfg.loss.transport_tau)
+    model = TrainModule(build_head(cfg, exp), text, build_loss(cfg, exp), transport=transport,
+                        transport_weight=cfg.loss.transport_weight, transport_labels=cfg.loss.transport_labels)
+    if hasattr(model.loss, "fit_pseudo_labels"):  # VLPL: pseudo labels from the frozen backbone, once
+        fit_pseudo_labels(model.loss, exp)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     train_set = part_dataset(exp.train, exp.backbone, augment=cfg.train.augment)
@@ -629,6 +657,38 @@ def build_training(cfg: Config, exp: Experiment):
     total_steps = cfg.train.epochs * math.ceil(len(loader) / cfg.train.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     return model, optimizer, scheduler, loader, build_recovery(cfg)
+
+
+def part_global_features(part: Part, backbone, batch_size: int = 64) -> torch.Tensor:
+    """(len(part), D) normalised global features of a part: from its cache, or encoded."""
+    if part.cache is not None:
+        return part.cache.global_features(part.rows).float()
+    rows = ImageRows(part, backbone.preprocess)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            pixels = torch.stack([rows[i]["pixels"] for i in range(start, min(start + batch_size, len(rows)))])
+            out.append(backbone.encode_images(pixels)[0].half().float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
+
+
+def fit_pseudo_labels(loss: nn.Module, exp: Experiment) -> None:
+    """VLPL: score every training image against every label with the frozen backbone
+    (cosine of global image feature and the prompt embedding, no trained part), and let
+    the loss turn the scores into pseudo labels. Same inputs on every process, so every
+    process gets the same labels."""
+    import torch.nn.functional as Fn
+
+    from .prompts import embed_labels
+
+    with torch.no_grad():  # the plain prompts: a tuned prompt context is not learnt yet
+        feats = Fn.normalize(part_global_features(exp.train, exp.backbone), dim=-1)
+        emb = Fn.normalize(embed_labels(exp.backbone, list(exp.train.labels), exp.prompts).float().cpu(), dim=-1)
+    observed = torch.as_tensor(np.asarray(exp.train.targets), dtype=torch.float32)
+    loss.fit_pseudo_labels(feats @ emb.t(), observed)
+    stats = ", ".join(f"{k} {v:.2f}" for k, v in getattr(loss, "stats", {}).items())
+    if stats and int(os.environ.get("RANK", "0")) == 0:
+        print(f"sigrl train: vlpl pseudo labels: {stats}", file=sys.stderr)
 
 
 def progress_bar(loader, accelerator, progress: bool, desc: str):

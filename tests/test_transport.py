@@ -85,3 +85,28 @@ def test_bad_inputs():
         ConditionalTransportLoss()(torch.randn(2, 3, 4), torch.randn(5, 4))
     with pytest.raises(ValueError):
         ConditionalTransportLoss()(torch.randn(2, 3, 4), torch.randn(3, 4), torch.ones(2, 5))
+
+
+def test_adapter_label_features_pool_the_patches_each_label_matches():
+    """AdapterHead's label_feats (what the transport loss aligns with the labels): every
+    F[b, c] is a softmax-weighted mean of the adapted patches, dominated by the patch
+    closest to label c."""
+    from sigrl.modules.adapter import AdapterHead
+
+    torch.manual_seed(0)
+    D, P = 16, 4
+    head = AdapterHead(D, logit_scale=100.0)
+    patches = torch.nn.functional.normalize(torch.eye(D)[:P] + 0.01 * torch.randn(P, D), dim=-1)
+    local = patches.unsqueeze(0)  # (1, P, D)
+    g = patches.mean(0, keepdim=True)
+    labels = patches[[2, 0]]  # label 0 looks like patch 2, label 1 like patch 0
+    _, extras = head(g, local, labels, return_extras=True)
+    F = extras["label_feats"]
+    assert F.shape == (1, 2, D)
+    adapted = extras["local_feats"][0]  # (P, D); the untrained adapter keeps the directions
+    assert torch.allclose(F[0, 0], adapted[2], atol=1e-3)
+    assert torch.allclose(F[0, 1], adapted[0], atol=1e-3)
+    # identical patches: every label pools to that patch
+    same = patches[:1].expand(P, D).unsqueeze(0)
+    _, extras = head(g, same, labels, return_extras=True)
+    assert torch.allclose(extras["label_feats"][0], extras["local_feats"][0, :1].expand(2, D), atol=1e-6)

@@ -100,13 +100,18 @@ class VLPLLoss(nn.Module):
     Pseudo labels come from :func:`vlpl_pseudo_labels`, either passed per batch
     (``forward(..., pseudo=targets_of_the_batch)``) or stored once for the whole training
     set (the backbone is frozen, so they never change): build with ``num_images`` and
-    ``num_classes``, call :meth:`set_pseudo_labels`, and pass ``index``. They are a buffer,
-    so they save with the state dict. Only entries unobserved in ``observed`` use them.
-    Without pseudo labels the loss is EM (or AN).
+    ``num_classes``, call :meth:`fit_pseudo_labels` with the backbone's (N, C) image-label
+    cosine similarities (the trainer does this before the first epoch when
+    ``loss.name: vlpl``), or :meth:`set_pseudo_labels` with ready targets, and pass
+    ``index``. They are a buffer, so they save with the state dict. Only entries
+    unobserved in ``observed`` use them. Without pseudo labels the loss is EM (or AN).
 
     Hyper-parameters (defaults from the paper's code): alpha=0.1 (0.2 on VOC, 0.01 on
     CUB), beta_pos=0.7, beta_neg=0.0 (pseudo negatives off, as in the paper's results),
-    smoothing=0.1, unobserved="em"; num_images, num_classes (optional, for stored labels).
+    smoothing=0.1, unobserved="em"; num_images, num_classes (optional, for stored labels);
+    the pseudo-label rule of :meth:`fit_pseudo_labels`: pos_threshold=0.3 on
+    softmax(cos / temperature) with temperature=0.01 (the paper), neg_threshold and
+    neg_fraction (None: no pseudo negatives).
     Source: Xing et al., "Vision-Language Pseudo-Labels for Single-Positive Multi-Label
     Learning", arXiv:2310.15985, 2023.
     """
@@ -122,6 +127,10 @@ class VLPLLoss(nn.Module):
         beta_neg: float = 0.0,
         smoothing: float = 0.1,
         unobserved: str = "em",
+        pos_threshold: float = 0.3,
+        temperature: float | None = 0.01,
+        neg_threshold: float | None = None,
+        neg_fraction: float | None = None,
     ):
         super().__init__()
         for key, value in (("alpha", alpha), ("beta_pos", beta_pos), ("beta_neg", beta_neg)):
@@ -135,12 +144,35 @@ class VLPLLoss(nn.Module):
             raise ConfigError("vlpl: give both num_images and num_classes (to store pseudo labels) or neither")
         self.alpha, self.beta_pos, self.beta_neg = float(alpha), float(beta_pos), float(beta_neg)
         self.smoothing, self.unobserved = float(smoothing), unobserved
+        self.rule = {"pos_threshold": pos_threshold, "neg_threshold": neg_threshold,
+                     "neg_fraction": neg_fraction, "temperature": temperature}
+        # checked now (a config error must not wait for the first epoch)
+        vlpl_pseudo_labels(torch.zeros(1, 2), torch.zeros(1, 2), **self.rule)
+        self.stats: dict[str, float] = {}
         if num_images is not None:
             if int(num_images) < 1 or int(num_classes) < 1:
                 raise ConfigError(f"vlpl: num_images and num_classes must be >= 1, got {num_images}, {num_classes}")
             self.register_buffer("pseudo_labels", torch.zeros(int(num_images), int(num_classes), dtype=torch.int8))
         else:
             self.pseudo_labels = None
+
+    @torch.no_grad()
+    def fit_pseudo_labels(self, scores: Tensor, observed: Tensor) -> Tensor:
+        """Pseudo labels of the whole training set from the frozen backbone's scores.
+
+        Args:
+            scores: (N, C) cosine similarities image-label of the frozen backbone.
+            observed: (N, C) in {+1, -1, 0}.
+        Returns the (N, C) targets (also stored); ``self.stats`` counts the pseudo
+        positives and negatives per image.
+        """
+        targets = vlpl_pseudo_labels(scores, observed, **self.rule)
+        self.set_pseudo_labels(targets)
+        unobs = observed == 0
+        n = max(int(scores.shape[0]), 1)
+        self.stats = {"pseudo_pos_per_image": float(((targets > 0) & unobs).sum()) / n,
+                      "pseudo_neg_per_image": float(((targets < 0) & unobs).sum()) / n}
+        return targets
 
     @torch.no_grad()
     def set_pseudo_labels(self, targets: Tensor, index: Tensor | None = None) -> None:

@@ -19,7 +19,9 @@ Shapes:
       mode="global"), ``label_emb`` (C, D)
     - **output:** ``logits`` (B, C); with ``return_extras=True`` also a dict with
       ``local`` s_l (B, C) (None when mode="global"), ``global`` s_g (B, C),
-      ``global_feats`` g' (B, D), ``local_feats`` L' (B, P, D), ``scale``
+      ``global_feats`` g' (B, D), ``local_feats`` L' (B, P, D), ``label_feats`` F (B, C, D)
+      (F[b, c] = sum_p softmax_p(scale <L'_bp, T_c>) L'_bp, the patches attention-pooled
+      for each label; what the conditional-transport loss aligns), ``scale``
 """
 from __future__ import annotations
 
@@ -123,4 +125,9 @@ class AdapterHead(_ConfigMixin, nn.Module):
         logits = combine_scores(s_l, s_g, scale, mode=self.mode, combine=self.combine)
         if not return_extras:
             return logits
-        return logits, {"local": s_l, "global": s_g, "global_feats": g, "local_feats": L, "scale": scale}
+        F = None
+        if L is not None:  # label-specific features: each label's attention-pooled patches
+            attn = torch.softmax(scale * torch.einsum("bpd,cd->bcp", Fn.normalize(L, dim=-1), T), dim=-1)
+            F = torch.einsum("bcp,bpd->bcd", attn, L)
+        return logits, {"local": s_l, "global": s_g, "global_feats": g, "local_feats": L, "label_feats": F,
+                        "scale": scale}
