@@ -266,6 +266,80 @@ def test_malformed_model_config_is_one_line(content, tiny_clip_files, image_dir,
     one_line_error(err, "model.json")
 
 
+# ====================================================================== Hugging Face directory with pytorch_model.bin
+
+
+@pytest.fixture(scope="module")
+def hf_clip_bin_dir(tmp_path_factory):
+    """A tiny random Hugging Face CLIPModel directory with tokenizer files, saved as
+    model.safetensors (the tests swap it for a pytorch_model.bin)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from test_backbones import _write_hf_tokenizer_files
+
+    d = tmp_path_factory.mktemp("hf_clip_bin")
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=49407),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(d)
+    _write_hf_tokenizer_files(d)
+    return d
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "plain pickle", "second shard"])
+def test_hf_directory_with_hostile_pytorch_model_bin(kind, hf_clip_bin_dir, image_dir, tmp_path, capsys):
+    import shutil
+
+    from sigrl.backbones import load_backbone
+    from sigrl.errors import CheckpointError
+
+    d = tmp_path / "hf"
+    shutil.copytree(hf_clip_bin_dir, d)
+    sd = load_file(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()  # transformers now loads the .bin
+    marker = tmp_path / "pwned_hf"
+    gadget = RunsCommand(os.system, f"touch {marker}")
+    evil = d / "pytorch_model.bin"
+    if kind == "zip":  # torch.save's format since 1.6: a real state dict with one poisoned entry
+        torch.save({**sd, "logit_scale": gadget}, evil)
+    elif kind == "legacy":
+        torch.save({**sd, "logit_scale": gadget}, evil, _use_new_zipfile_serialization=False)
+    elif kind == "plain pickle":
+        evil.write_bytes(pickle.dumps({"logit_scale": gadget}, protocol=2))
+    else:  # a sharded checkpoint: the first shard is clean, the second runs code
+        keys = sorted(sd)
+        half = {k: sd[k] for k in keys[: len(keys) // 2]}
+        evil = d / "pytorch_model-00002-of-00002.bin"
+        torch.save(half, d / "pytorch_model-00001-of-00002.bin")
+        torch.save({**{k: sd[k] for k in keys[len(keys) // 2:]}, "logit_scale": gadget}, evil)
+        (d / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+            k: ("pytorch_model-00001-of-00002.bin" if k in half else evil.name) for k in keys}}))
+    code, out, err = tag(capsys, image_dir, "--model", str(d))
+    assert code == 2 and out == "" and not marker.exists()
+    line = one_line_error(err, str(evil))
+    assert "refused: the file asks to run code" in line, line
+    assert "weights_only` set to `False" not in line and "weights_only=False" not in line
+    with pytest.raises(CheckpointError, match="asks to run code"):
+        load_backbone(str(d))
+    assert not marker.exists()
+    # the same weights as a clean pytorch_model.bin load, and give the safetensors model's embeddings
+    for p in d.glob("pytorch_model*"):
+        p.unlink()
+    torch.save(sd, d / "pytorch_model.bin")
+    from_bin = load_backbone(str(d))
+    from_safetensors = load_backbone(str(hf_clip_bin_dir))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(from_bin.encode_images(pixels), from_safetensors.encode_images(pixels)):
+        assert torch.equal(a, b)
+    code, out, err = tag(capsys, image_dir, "--model", str(d))
+    assert code == 0 and not marker.exists(), err
+
+
 # ====================================================================== paths that leave the dataset root
 
 
