@@ -29,6 +29,16 @@ in a complete manifest are ever read.
 shard ``i`` is encoded by rank ``i % world_size``, each rank writes its own shards, and
 rank 0 merges the records into the manifest after a barrier.
 
+**Independent builds of one folder** (two trainings started on the same dataset and
+backbone) take turns: a build holds an exclusive ``flock`` on ``<dir>/.build.lock`` (rank 0
+for a distributed build) from before it touches the folder until the manifest is complete.
+A second build prints one line saying it waits, then finds the cache complete and opens it
+without encoding anything (or resumes what a killed first build left). The kernel drops
+the lock of a killed process. Opening a complete cache takes no lock, so a finished cache
+on a read-only disk still opens. Where ``fcntl.flock`` is missing or refused by the file
+system, builds are not serialised: each file is still written atomically, so concurrent
+builds only duplicate work.
+
 **Bad images** (missing, truncated, not an image) are recorded in the manifest under
 ``failed`` with the reason, reported on stderr, stored as zero rows, and excluded by
 :attr:`FeatureCache.valid`; they never stop a build.
@@ -53,6 +63,7 @@ FORMAT = "sigrl-feature-cache"
 VERSION = 1
 DTYPE = "float16"
 MANIFEST = "manifest.json"
+LOCK = ".build.lock"
 
 __all__ = ["FeatureCache", "build_cache", "open_cache", "ensure_cache", "cache_dir_for", "image_list_sha256",
            "FeatureDataset"]
@@ -300,6 +311,34 @@ def _collate(items):
     return items
 
 
+def _lock_folder(directory: Path):
+    """Hold an exclusive lock on ``directory/LOCK`` (waiting for another build that holds
+    it); returns the open lock file (closing it releases the lock) or None where the
+    platform or file system has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    try:
+        fh = open(directory / LOCK, "a+b")  # noqa: SIM115 - kept open while the lock is held
+    except OSError as err:
+        raise CheckpointError(f"{directory / LOCK}: cannot create the build lock ({err.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"sigrl cache: {directory} is being built by another process; waiting for it to finish",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    except OSError:  # e.g. ENOLCK on a network file system: go on without the lock
+        fh.close()
+        return None
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
 @dataclass
 class _Dist:
     rank: int = 0
@@ -365,9 +404,35 @@ def build_cache(split, backbone, directory: str | Path, *, shard_size: int = 102
     """
     directory = Path(directory)
     dist = _Dist(getattr(state, "process_index", 0), getattr(state, "num_processes", 1))
+    manifest_path = directory / MANIFEST
+    # 0. a complete cache opens without writing anything (no lock: read-only caches work)
+    if manifest_path.is_file() and not rebuild:
+        manifest = _read_json(manifest_path, "feature-cache manifest")
+        _check_identity(directory, manifest, backbone, split)
+        if manifest.get("complete"):
+            return FeatureCache(directory, manifest)
+    # 1. one build of this folder at a time: rank 0 holds the lock until the manifest is complete
+    lock = None
+    if dist.rank == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = _lock_folder(directory)
+    try:
+        dist.barrier(state)  # the other ranks start once rank 0 holds the lock
+        return _build_locked(split, backbone, directory, dist, shard_size=shard_size, batch_size=batch_size,
+                             num_workers=num_workers, state=state, rebuild=rebuild, progress=progress,
+                             on_shard=on_shard)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _build_locked(split, backbone, directory: Path, dist: _Dist, *, shard_size, batch_size, num_workers, state,
+                  rebuild, progress, on_shard) -> FeatureCache:
+    """:func:`build_cache` once this build holds the folder's lock."""
     identity = _jsonable(_identity(backbone, split))
     manifest_path = directory / MANIFEST
-    # 1. every rank checks an existing manifest (so all fail alike); rank 0 prepares the folder
+    # 2. every rank checks an existing manifest (so all fail alike; another build may have
+    #    finished it while this one waited for the lock); rank 0 prepares the folder
     if manifest_path.is_file() and not rebuild:
         manifest = _read_json(manifest_path, "feature-cache manifest")
         _check_identity(directory, manifest, backbone, split)
@@ -414,7 +479,7 @@ def build_cache(split, backbone, directory: str | Path, *, shard_size: int = 102
     finally:
         if bar is not None:
             bar.close()
-    # 2. after every rank is done, rank 0 merges the shard records into the manifest
+    # 3. after every rank is done, rank 0 merges the shard records into the manifest
     dist.barrier(state)
     if dist.rank == 0:
         records = []

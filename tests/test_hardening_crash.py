@@ -1,8 +1,11 @@
-"""Crash points and many processes for ``sigrl tag --output`` (the cache and the trainer
-have their own: tests/test_cache.py, tests/test_train.py, tests/test_distributed.py).
+"""Crash points and many processes: ``sigrl tag --output``, two independent feature-cache
+builds of one folder, and ``sigrl train`` killed with SIGKILL then resumed (more in
+tests/test_cache.py, tests/test_train.py, tests/test_distributed.py).
 
 A run that is killed must not destroy the results file of an earlier run, and two runs
-writing the same file at once must leave one complete result, never a mix."""
+writing the same file at once must leave one complete result, never a mix. Two cache
+builds of one folder take turns and encode each shard once. A training killed at any
+point resumes to the metrics of an uninterrupted run."""
 from __future__ import annotations
 
 import csv
@@ -10,10 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from conftest import write_shape_image
@@ -70,3 +76,89 @@ def test_killed_run_keeps_previous_output_and_concurrent_runs_do_not_interleave(
     kept = partial.read_text().splitlines()  # the killed run's rows so far, for the user to see
     assert kept[0] == "image,rank,label,score" and len(kept) >= 4
     assert all("big" in line for line in kept[1:-1])
+
+
+# ====================================================================== two cache builds on one folder
+
+BUILD_SCRIPT = textwrap.dedent("""
+    import sys, time, numpy as np
+    from pathlib import Path
+    from sigrl.backbones import load_backbone
+    from sigrl.cache import ensure_cache
+    from sigrl.data.base import MultiLabelSplit
+    n, go = {n}, Path(sys.argv[1]) if sys.argv[1] else None
+    split = MultiLabelSplit([f"img{{i:03d}}.png" for i in range(n)], -np.ones((n, 2)), ["a", "b"],
+                            Path({imgs!r}), "toy/train")
+    bb = load_backbone({cfg!r}, {weights!r})
+    print("start", flush=True)
+    def done(i):
+        print("shard", i, flush=True)
+        deadline = time.time() + 120
+        while go is not None and not go.exists() and time.time() < deadline:
+            time.sleep(0.05)  # this build stays unfinished until the test says go
+    cache = ensure_cache(split, bb, Path({root!r}), shard_size=1, batch_size=1, progress=False, on_shard=done)
+    print("finished", cache.manifest["complete"], flush=True)
+""")
+
+
+def test_two_cache_builds_on_one_folder_encode_each_shard_once(tiny_clip_files, tiny_backbone, tmp_path):
+    from sigrl.cache import cache_dir_for, ensure_cache, open_cache
+    from sigrl.data.base import MultiLabelSplit
+
+    n, imgs, root, go = 8, tmp_path / "imgs", tmp_path / "cache", tmp_path / "go"
+    for i in range(n):
+        write_shape_image(imgs / f"img{i:03d}.png", (30 * i, 200, 30), "circle" if i % 2 else "square", seed=i)
+    script = BUILD_SCRIPT.format(n=n, imgs=str(imgs), cfg=str(tiny_clip_files[0]), weights=str(tiny_clip_files[1]),
+                                 root=str(root))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    seen: dict[str, list[str]] = {"first": [], "second": [], "first err": [], "second err": []}
+
+    def start(name, go_file):
+        proc = subprocess.Popen([sys.executable, "-c", script, go_file], env=env, cwd=tmp_path, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        readers = [threading.Thread(target=lambda f=f, k=k: seen[k].extend(line.strip() for line in f), daemon=True)
+                   for f, k in ((proc.stdout, name), (proc.stderr, f"{name} err"))]
+        for r in readers:
+            r.start()
+        return proc, readers
+
+    def wait_for(what, proc, test):
+        deadline = time.time() + 120
+        while not test():
+            assert proc.poll() is None and time.time() < deadline, (what, seen)
+            time.sleep(0.05)
+
+    first, r1 = start("first", str(go))  # finishes shard 0, then holds until `go` exists
+    second, r2 = None, []
+    try:
+        wait_for("first build under way", first, lambda: "shard 0" in seen["first"])
+        second, r2 = start("second", "")
+        # the second build is inside ensure_cache: waiting for the first, or (without a lock) encoding
+        wait_for("second build under way", second,
+                 lambda: seen["second err"] or any(l.startswith("shard") for l in seen["second"]))
+        go.touch()
+        codes = [first.wait(timeout=120), second.wait(timeout=120)]
+        for r in r1 + r2:
+            r.join(10)
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [0, 0], seen
+    assert not any("Traceback" in l for l in seen["first err"] + seen["second err"]), seen
+    assert seen["first"][-1] == seen["second"][-1] == "finished True", seen
+    # the second waited for the first and said so in one line
+    assert len(seen["second err"]) == 1 and "another process" in seen["second err"][0], seen
+    shards = {k: [int(l.split()[1]) for l in seen[k] if l.startswith("shard")] for k in ("first", "second")}
+    # every shard encoded exactly once over both processes: no duplicate work, none missing
+    assert sorted(shards["first"] + shards["second"]) == list(range(n)), shards
+    split = MultiLabelSplit([f"img{i:03d}.png" for i in range(n)], -np.ones((n, 2)), ["a", "b"], imgs, "toy/train")
+    d = cache_dir_for(root, split, tiny_backbone)
+    assert not list(d.glob(".*.tmp"))
+    shared = open_cache(d, tiny_backbone, split)
+    assert [s["index"] for s in shared.manifest["shards"]] == list(range(n)) and not shared.failed
+    alone = ensure_cache(split, tiny_backbone, tmp_path / "alone", shard_size=1, progress=False)
+    rows = np.arange(n)
+    for a, b in zip(shared.read(rows), alone.read(rows)):
+        assert torch.equal(a, b)
