@@ -6,11 +6,15 @@ Each verb lives in ``sigrl/commands/<verb>.py`` with two functions:
 dispatches and turns :class:`~sigrl.errors.SigrlError` into a one-line message.
 
 Exit codes: 0 all done, 1 done but some inputs skipped, 2 usage error / unusable input.
+
+Inside a multi-process launch (``torchrun``, ``accelerate launch``: ``WORLD_SIZE`` > 1) the
+message names the process: ``sigrl train: rank 1 of 2: error: ...``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -64,6 +68,16 @@ def _not_built(verb: str):
     return run
 
 
+def _rank() -> str:
+    """``"rank R of N: "`` in a multi-process launch (the launcher sets RANK and
+    WORLD_SIZE), else ``""``."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return ""
+    return f"rank {os.environ.get('RANK', '?')} of {world}: " if world > 1 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -75,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     except SigrlError as err:
         if args.debug:
             raise
-        print(f"sigrl {args.verb}: error: {err}", file=sys.stderr)
+        print(f"sigrl {args.verb}: {_rank()}error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print(f"sigrl {args.verb}: interrupted", file=sys.stderr)
+        print(f"sigrl {args.verb}: {_rank()}interrupted", file=sys.stderr)
         return 130
 
 

@@ -63,3 +63,71 @@ def test_two_processes_match_one(tmp_path, tiny_clip_files):
     # the cache of the 2-process run was built by both ranks and merged by rank 0
     manifests = list((tmp_path / "c2").glob("*/manifest.json"))
     assert manifests and all(json.loads(m.read_text())["complete"] for m in manifests)
+
+
+def _two_process_config(tmp_path: Path, tiny_clip_files, **train) -> Path:
+    data = make_dataset(tmp_path / "data", n_train=16, n_val=4, n_test=6, seed=5)
+    y = tmp_path / "run.yaml"
+    y.write_text(json.dumps({
+        "data": {"format": "csv", "root": str(data)},
+        "backbone": {"model": str(tiny_clip_files[0]), "pretrained": str(tiny_clip_files[1])},
+        "head": {"class": "adapter"}, "loss": "ranking",
+        "train": {"epochs": 2, "batch_size": 4, "lr": 0.01, **train},
+        "cache": {"dir": str(tmp_path / "cache"), "shard_size": 8}}))
+    return y
+
+
+@pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed (torch.distributed launcher)")
+@pytest.mark.parametrize("victim", [1, 0])
+def test_one_rank_killed_stops_the_run_and_names_the_rank(victim, tmp_path, tiny_clip_files):
+    import re
+    import signal
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    # long enough that the run is still training when a worker is killed
+    y = _two_process_config(tmp_path, tiny_clip_files, epochs=1000)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "sigrl", "train", str(y),
+                             "-q", "-o", str(run)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    workers = []
+    try:
+        deadline = time.time() + 240
+        while not (run / "state" / "COMPLETE").is_file():  # an epoch is done: both ranks are training
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK")]
+        ranks = {int(p.environ()["RANK"]): p for p in workers}
+        assert sorted(ranks) == [0, 1]
+        ranks[victim].send_signal(signal.SIGKILL)
+        # the whole run must stop, not hang in a collective with the dead rank
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for p in workers:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                p.kill()
+    assert proc.returncode != 0
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+    assert len(read_metrics(run / "metrics.csv")) < 1000  # stopped early, not trained to the end
+    # torchrun's failure summary names the killed rank as the root cause
+    root = err[err.index("Root Cause"):]
+    assert re.search(r"rank\s*:\s*(\d+)", root).group(1) == str(victim), err[-3000:]
+    assert "SIGKILL" in root or "Signal 9" in root, err[-3000:]
+
+
+@pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed (torch.distributed launcher)")
+def test_an_error_in_a_two_process_run_names_the_rank(tmp_path, tiny_clip_files):
+    y = _two_process_config(tmp_path, tiny_clip_files, batch_size=5)  # not a multiple of 2 processes
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "sigrl", "train", str(y), "-q",
+                          "-o", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode != 0
+    for rank in (0, 1):
+        lines = [l for l in two.stderr.splitlines() if l.startswith(f"sigrl train: rank {rank} of 2: error: ")]
+        assert len(lines) == 1 and "train.batch_size=5" in lines[0], two.stderr[-3000:]
+    assert "sigrl/train.py" not in two.stderr  # one line per rank, no traceback of ours
