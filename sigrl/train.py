@@ -537,6 +537,8 @@ def save_training_state(accelerator, run_dir: Path) -> None:
     if accelerator.is_main_process:
         (tmp / "COMPLETE").write_text("ok\n")
         _fsync_dir(tmp)
+        if old.exists() and (state / "COMPLETE").is_file():  # a kill after the last swap left it
+            shutil.rmtree(old)
         if state.exists():
             os.replace(state, old)
         os.replace(tmp, state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,15 +240,16 @@ KILL_POINTS = {
     "after the swap, before the cleanup": lambda run: (run / "state" / "COMPLETE").is_file()
     and not (run / "state.tmp").exists() and _nonempty_dir(run / "state.old"),
 }
+# The last window (a few ms of rmtree) is too short to hit reliably by polling on a busy
+# machine: that case is killed at "mid-run" and then given the leftover the narrow kill
+# leaves, a complete earlier state in run/state.old next to the complete run/state.
+EMULATED = {"after the swap, before the cleanup": "mid-run"}
 
 
 @pytest.mark.parametrize("point", [
     "mid-run",
     "state half-written",
-    pytest.param("after the swap, before the cleanup", marks=pytest.mark.xfail(strict=True, reason=(
-        "sigrl/train.py save_training_state: a kill after os.replace(tmp, state) and before rmtree(state.old) "
-        "leaves a non-empty state.old; the resumed run's next save does os.replace(state, state.old) and dies "
-        "with 'OSError: [Errno 39] Directory not empty' (a traceback, exit 1)"))),
+    "after the swap, before the cleanup",
 ])
 def test_training_killed_then_resumed_matches_uninterrupted(point, train_setup, tmp_path):
     from safetensors.torch import load_file
@@ -257,12 +259,14 @@ def test_training_killed_then_resumed_matches_uninterrupted(point, train_setup, 
     proc = subprocess.Popen(train_cmd(config, run), env=train_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        kill_when(proc, lambda: KILL_POINTS[point](run))
+        kill_when(proc, lambda: KILL_POINTS[EMULATED.get(point, point)](run))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    if point in EMULATED:
+        shutil.copytree(run / "state", run / "state.old")
     assert KILL_POINTS[point](run)  # what the kill left on disk
     expected = metric_rows(full)
     before = metric_rows(run)  # never torn: a prefix of the uninterrupted history
