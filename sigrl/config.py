@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -188,6 +189,9 @@ def _type_name(tp) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value, tp, key: str, source: str):
     """``value`` checked against the annotation ``tp`` (int accepted for float)."""
     origin = typing.get_origin(tp)
@@ -227,6 +231,8 @@ def _coerce(value, tp, key: str, source: str):
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 (PyYAML) reads 3e-3 as a string; a number is meant
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
         value = float(value)

@@ -101,3 +101,17 @@ def test_missing_file(tmp_path):
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.output
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads `3e-3` as a string; a float key takes it as the number."""
+    from sigrl.config import load_config
+    from sigrl.errors import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 3e-3\n  weight_decay: 1E-4\n")
+    cfg = load_config(path, ["loss.transport_weight=2e-1"])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.loss.transport_weight) == (0.003, 0.0001, 0.2)
+    for bad in ("3e-3x", "e-3", "1e", "1e-3e2"):
+        with pytest.raises(ConfigError, match="train.lr must be a number"):
+            load_config(None, [f"train.lr={bad}"])
