@@ -128,3 +128,18 @@ def test_hf_offline_tokenizer_trap_is_detected(hf_clip_dir, tmp_path):
         (bare / name).unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match="tokenizer"):
         load_backbone(str(bare))
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"image_mean": [0.5, 0.5]}', '{"image_std": "wide"}',
+                                  "\xff\xfe"])
+def test_hf_malformed_preprocessor_config_is_one_error(hf_clip_dir, tmp_path, text):
+    import shutil
+
+    _write_hf_tokenizer_files(hf_clip_dir)
+    d = tmp_path / "model"
+    shutil.copytree(hf_clip_dir, d)
+    (d / "preprocessor_config.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(CheckpointError, match="preprocessor_config.json: unusable"):
+        load_backbone(str(d))
+    (d / "preprocessor_config.json").write_text('{"image_mean": [0.1, 0.2, 0.3], "image_std": [1, 1, 1]}')
+    assert load_backbone(str(d)).preprocess_config.mean == (0.1, 0.2, 0.3)

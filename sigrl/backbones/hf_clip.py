@@ -134,11 +134,19 @@ def load_hf_clip(directory: str | Path, *, device="cpu", preprocess: dict | None
     size = model.config.vision_config.image_size
     pre_values.update(image_size=size, resize_size=size)
     if pp.is_file():
-        cfg = json.loads(pp.read_text())
-        if "image_mean" in cfg:
-            pre_values["mean"] = tuple(cfg["image_mean"])
-        if "image_std" in cfg:
-            pre_values["std"] = tuple(cfg["image_std"])
+        try:
+            cfg = json.loads(pp.read_text(encoding="utf-8"))
+            if not isinstance(cfg, dict):
+                raise ValueError("not a JSON object")
+            for key, name in (("image_mean", "mean"), ("image_std", "std")):
+                if key in cfg:
+                    values = tuple(float(v) for v in cfg[key])
+                    if len(values) != 3:
+                        raise ValueError(f"{key} needs 3 numbers, got {len(values)}")
+                    pre_values[name] = values
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{pp}: unusable preprocessor config ({str(err).splitlines()[0][:200]}); "
+                                  "fix or delete it (the defaults are then used)") from None
     pre_values.update(preprocess or {})
     for k in ("mean", "std"):
         if k in pre_values:
