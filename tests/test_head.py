@@ -258,3 +258,28 @@ def test_lazy_top_level_export():
 
     assert sigrl.SigRLHead is SigRLHead
     assert math.isclose(SigRLHead(D).logit_scale, 100.0)
+
+
+@pytest.mark.parametrize("cls", ["sigrl", "adapter"])
+def test_logit_bias_shifts_every_logit_and_lets_bce_fit_a_positive(cls):
+    g, L, T = _feats(C=5)
+    make = (lambda **kw: _head(**kw)) if cls == "sigrl" else (lambda **kw: AdapterHead(D, top_k=3, **kw))
+    plain, biased = make(), make(logit_bias=2.5)
+    biased.load_state_dict(plain.state_dict(), strict=False)
+    a, b = plain(g, L, T), biased(g, L, T)
+    bias = float(biased.bias.bias)  # _head randomises every parameter, the bias too
+    assert cls == "sigrl" or bias == 2.5
+    torch.testing.assert_close(b - a, torch.full_like(a, bias))  # same rankings everywhere
+    assert (a <= 0).all()  # softmax combine: log-probabilities, sigmoid <= 0.5 without a bias
+    assert head_from_config(json.loads(json.dumps(biased.config))).logit_bias == 2.5
+    # BCE on one positive: with the bias the head's probability of it passes 0.5
+    opt = torch.optim.Adam(biased.parameters(), lr=0.05)
+    target = torch.zeros(3, 5)
+    target[:, 0] = 1
+    for _ in range(200):
+        opt.zero_grad()
+        Fn.binary_cross_entropy_with_logits(biased(g, L, T), target).backward()
+        opt.step()
+    assert (torch.sigmoid(biased(g, L, T))[:, 0] > 0.5).all()
+    with pytest.raises(ConfigError):
+        make(logit_bias=float("nan"))

@@ -30,7 +30,8 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from sigrl.errors import ConfigError
-from sigrl.modules.head import COMBINES, LogitScale, _check_choice, _ConfigMixin, check_features, combine_scores
+from sigrl.modules.head import (COMBINES, LogitBias, LogitScale, _check_choice, _ConfigMixin, check_features,
+                                combine_scores)
 from sigrl.modules.matching import MODES, global_scores, local_scores
 
 
@@ -65,11 +66,11 @@ class AdapterHead(_ConfigMixin, nn.Module):
         mode: "local+global", "global" or "local".
         shared: one MLP for global and local features (default: one each).
         dropout: dropout inside the MLPs.
-        logit_scale, learn_logit_scale, combine: as in :class:`~sigrl.modules.head.SigRLHead`.
+        logit_scale, learn_logit_scale, logit_bias, combine: as in :class:`~sigrl.modules.head.SigRLHead`.
     """
 
     _CONFIG_KEYS = ("embed_dim", "hidden", "top_k", "mode", "shared", "dropout", "logit_scale",
-                    "learn_logit_scale", "combine")
+                    "learn_logit_scale", "logit_bias", "combine")
 
     def __init__(
         self,
@@ -82,6 +83,7 @@ class AdapterHead(_ConfigMixin, nn.Module):
         dropout: float = 0.0,
         logit_scale: float = 100.0,
         learn_logit_scale: bool = False,
+        logit_bias: float | None = None,
         combine: str = "softmax",
     ):
         super().__init__()
@@ -98,6 +100,7 @@ class AdapterHead(_ConfigMixin, nn.Module):
         self.embed_dim, self.hidden, self.top_k, self.mode = embed_dim, hidden, top_k, mode
         self.shared, self.dropout, self.combine = bool(shared), float(dropout), combine
         self.scale = LogitScale(logit_scale, learn_logit_scale)
+        self.bias = LogitBias(logit_bias)
         self.global_adapter = ResidualMLP(embed_dim, hidden, dropout)
         self.local_adapter = None if self.shared else ResidualMLP(embed_dim, hidden, dropout)
 
@@ -122,7 +125,7 @@ class AdapterHead(_ConfigMixin, nn.Module):
             s_l = local_scores(L, T, self.top_k)
         s_g = global_scores(g, T)
         scale = self.scale()
-        logits = combine_scores(s_l, s_g, scale, mode=self.mode, combine=self.combine)
+        logits = self.bias(combine_scores(s_l, s_g, scale, mode=self.mode, combine=self.combine))
         if not return_extras:
             return logits
         F = None

@@ -126,6 +126,26 @@ class LogitScale(nn.Module):
         return self.init
 
 
+class LogitBias(nn.Module):
+    """An optional learnable scalar added to every logit (None: no bias, no parameter).
+
+    It shifts all labels of all images alike, so every ranking (per image and per label,
+    hence mAP and top-k) is unchanged; what it changes is the sigmoid a BCE-type loss puts
+    on the logits. With ``combine="softmax"`` the logits are log-probabilities (<= 0), so
+    sigmoid(logit) <= 0.5 and a positive can never be fitted; a bias lets it. Like
+    SigLIP's learnable logit bias."""
+
+    def __init__(self, init: float | None = None):
+        super().__init__()
+        if init is not None and not math.isfinite(float(init)):
+            raise ConfigError(f"logit_bias must be a finite number or null, got {init!r}")
+        self.init = None if init is None else float(init)
+        self.bias = nn.Parameter(torch.tensor(self.init)) if self.init is not None else None
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.bias is None else logits + self.bias
+
+
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
@@ -149,6 +169,10 @@ class _ConfigMixin:
     @property
     def learn_logit_scale(self) -> bool:
         return self.scale.learn
+
+    @property
+    def logit_bias(self) -> float | None:
+        return self.bias.init
 
     @property
     def config(self) -> dict[str, Any]:
@@ -203,6 +227,8 @@ class SigRLHead(_ConfigMixin, nn.Module):
         cooc_threshold: co-occurrence edges with weight at or below this are dropped.
         logit_scale: initial (or fixed) scale of the cosine scores (1 / temperature).
         learn_logit_scale: make the scale a parameter (clamped to at most 100).
+        logit_bias: None (default) or the initial value of a learnable scalar added to
+            every logit (:class:`LogitBias`; rankings unchanged, lets BCE-type losses fit).
         score_with: "text" (score with T, default) or "graph" (score with T_g).
         combine: "softmax" (log of DESIGN.md's score) or "mean" (raw scaled cosines).
         naive: SVFR by the plain formulas (memory B*P*C*D; for tests and benchmarks).
@@ -212,7 +238,8 @@ class SigRLHead(_ConfigMixin, nn.Module):
     """
 
     _CONFIG_KEYS = ("embed_dim", "gnn", "graph", "knn", "top_k", "chunk_size", "mode", "hidden", "heads",
-                    "dense", "cooc_threshold", "logit_scale", "learn_logit_scale", "score_with", "combine",
+                    "dense", "cooc_threshold", "logit_scale", "learn_logit_scale", "logit_bias", "score_with",
+                    "combine",
                     "naive", "label_prior_names")
 
     def __init__(
@@ -231,6 +258,7 @@ class SigRLHead(_ConfigMixin, nn.Module):
         cooc_threshold: float = 0.0,
         logit_scale: float = 100.0,
         learn_logit_scale: bool = False,
+        logit_bias: float | None = None,
         score_with: str = "text",
         combine: str = "softmax",
         naive: bool = False,
@@ -257,6 +285,7 @@ class SigRLHead(_ConfigMixin, nn.Module):
         self.cooc_threshold = float(cooc_threshold)
         self.score_with, self.combine, self.naive = score_with, combine, bool(naive)
         self.scale = LogitScale(logit_scale, learn_logit_scale)
+        self.bias = LogitBias(logit_bias)
         self.gmc = GMC(embed_dim, gnn=gnn, hidden=hidden, heads=heads, dense=dense)
         self.svfr = SVFR(embed_dim, chunk_size=chunk_size, naive=naive)
         self.label_prior_names: list[str] | None = None
@@ -363,7 +392,7 @@ class SigRLHead(_ConfigMixin, nn.Module):
             s_l = local_scores(Fn.normalize(R, dim=-1), anchors, self.top_k)
         s_g = global_scores(g, anchors)
         scale = self.scale()
-        logits = combine_scores(s_l, s_g, scale, mode=self.mode, combine=self.combine)
+        logits = self.bias(combine_scores(s_l, s_g, scale, mode=self.mode, combine=self.combine))
         if not return_extras:
             return logits
         extras = {"label_feats": F, "label_graph_feats": T_g, "recon": R, "local": s_l, "global": s_g,
