@@ -36,6 +36,7 @@ SPML_RUNS = [
     ("em", ["loss.name=em"]),
     ("em_apl", ["loss.name=em_apl"]),
     ("ll_r", ["loss.name=ll_r"]),
+    ("vlpl", ["loss.name=vlpl"]),
 ]
 PARTIAL_PROPORTIONS = (0.1, 0.5, 0.9)
 QUICK_SKIP = {"em", "ll_r"}  # --quick: a functional check, fewer rows

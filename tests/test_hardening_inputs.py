@@ -401,6 +401,22 @@ def test_data_check_csv_every_bad_image_kind_is_a_named_problem(tmp_path, capsys
     assert len(probs) == 7
 
 
+def test_data_check_finds_a_truncated_jpeg_only_when_decoding(tmp_path, capsys):
+    """The default header check (PIL verify) passes a truncated JPEG; --decode finds it."""
+    root = make_csv(tmp_path / "ds", n_train=3, n_test=2)
+    cut = root / "img" / "tr1.jpg"
+    Image.open(root / "img" / "tr1.png").convert("RGB").resize((256, 256)).save(cut, quality=95)
+    cut.write_bytes(cut.read_bytes()[:1500])
+    train = root / "train.csv"
+    train.write_text(train.read_text().replace("img/tr1.png", "img/tr1.jpg"))
+    code, out, _ = check(capsys, "csv", str(root), "--json")
+    assert code == 0 and json.loads(out)["problems"] == []  # the documented limit of the quick check
+    code, out, err = check(capsys, "csv", str(root), "--json", "--decode")
+    rep = json.loads(out)
+    assert code == 1 and err == "" and rep["train_images"] == 2, out
+    assert len(rep["problems"]) == 1 and "tr1.jpg" in rep["problems"][0] and "truncated" in rep["problems"][0]
+
+
 def test_data_check_csv_hostile_and_malformed_rows(tmp_path, capsys):
     root = make_csv(tmp_path / "ds", n_train=3, n_test=2)
     (root / "train.csv").unlink()

@@ -40,6 +40,9 @@ def register(sub, verb: str, help_text: str) -> None:
     c.add_argument("--max-images", type=int, metavar="N",
                    help="check at most N image files per split, evenly spaced (default: all)")
     c.add_argument("--year", help="VOC/COCO year when the root holds several (e.g. 2012)")
+    c.add_argument("--decode", action="store_true",
+                   help="decode every image completely: also finds truncated JPEGs (the default header check "
+                        "does not), at about the cost of reading the whole dataset")
     c.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     c.set_defaults(func=run)
 
@@ -50,7 +53,7 @@ def run(args) -> int:
     if args.max_images is not None and args.max_images < 0:
         raise UsageError(f"--max-images must be 0 or more, got {args.max_images}")
     report = check_dataset(args.format, args.root, max_images=args.max_images,
-                           progress=not args.no_progress, year=args.year)
+                           progress=not args.no_progress, year=args.year, decode=args.decode)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

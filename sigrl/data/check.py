@@ -4,7 +4,9 @@
 loads every list and label file it needs with the loaders of :mod:`sigrl.data` in
 lenient mode (a bad row becomes a problem, not a crash), then checks the listed image
 files: each must exist and pass ``PIL.Image.open(path).verify()`` (header and, for
-PNG, chunk checksums; it does not decode every JPEG pixel). ``max_images`` caps the
+PNG, chunk checksums; it does not decode JPEG data, so a truncated JPEG passes). With
+``decode=True`` (``--decode``) every image is also fully decoded, which finds truncated
+JPEGs at about the cost of reading the dataset once. ``max_images`` caps the
 check at N evenly spaced images per split; unchecked images count as usable.
 
 The result is a :class:`CheckReport`:
@@ -115,8 +117,9 @@ def _sample(n: int, max_images: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, max_images).round().astype(np.int64))
 
 
-def _verify(path: Path) -> str | None:
-    """None if ``path`` is a readable image, else the reason."""
+def _verify(path: Path, decode: bool = False) -> str | None:
+    """None if ``path`` is a readable image, else the reason; ``decode``: decode all
+    of its pixels too (``verify`` alone leaves JPEG data unread)."""
     import warnings
 
     from PIL import Image
@@ -128,6 +131,9 @@ def _verify(path: Path) -> str | None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.verify()
+            if decode:
+                with Image.open(path) as im:  # verify() leaves the file unusable: open again
+                    im.load()
     except Exception as err:  # noqa: BLE001 - any failure means "not decodable"
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"not decodable ({msg})"
@@ -135,7 +141,7 @@ def _verify(path: Path) -> str | None:
 
 
 def check_images(split: MultiLabelSplit, source: str, max_images: int | None, problems: list[str],
-                 bar=None) -> tuple[int, int]:
+                 bar=None, decode: bool = False) -> tuple[int, int]:
     """Check the image files of ``split``; returns ``(usable, checked)``.
 
     Problems name the image path and ``source`` (the file that lists it).
@@ -144,7 +150,7 @@ def check_images(split: MultiLabelSplit, source: str, max_images: int | None, pr
     bad: dict[str, list[str]] = {}
     for i in idx:
         path = split.path(int(i))
-        reason = _verify(path)
+        reason = _verify(path, decode)
         if reason is not None:
             kind = "missing" if reason == "missing" else "not decodable"
             bad.setdefault(kind, []).append(
@@ -249,7 +255,7 @@ def _load_coco(root: Path, report: CheckReport, problems: list[str], year=None):
 
 
 def check_dataset(fmt: str, root: str | Path, *, max_images: int | None = None, progress: bool = True,
-                  year: int | str | None = None) -> CheckReport:
+                  year: int | str | None = None, decode: bool = False) -> CheckReport:
     """Check a dataset root; never raises for a bad dataset (see :class:`CheckReport`).
 
     Args:
@@ -258,6 +264,7 @@ def check_dataset(fmt: str, root: str | Path, *, max_images: int | None = None, 
         max_images: check at most this many image files per split (evenly spaced).
         progress: show a tqdm bar on stderr while checking images.
         year: VOC / COCO year when the root holds several.
+        decode: decode every checked image completely (finds truncated JPEGs; slower).
     """
     if fmt not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -289,7 +296,7 @@ def check_dataset(fmt: str, root: str | Path, *, max_images: int | None = None, 
               leave=False) as bar:
         for role, split, source in splits:
             report.listed_images[role] = len(split)
-            usable, checked = check_images(split, source, max_images, problems, bar)
+            usable, checked = check_images(split, source, max_images, problems, bar, decode)
             report.checked_images += checked
             if role == "val":
                 report.val_images = usable
