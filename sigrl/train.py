@@ -604,9 +604,12 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
     early = early_stop_metric(cfg, exp)
     start_tracking(accelerator, cfg, run_dir)
     labels, epochs_run = list(exp.train.labels), 0
+    apl = _pseudo_labelling_loss(accelerator.unwrap_model(model).loss)
     for epoch in range(state.epoch, cfg.train.epochs):
         if recovery is not None:  # label recovery between epochs, over the whole training part
             state.targets = recover_labels(recovery, epoch, model, exp, accelerator)
+        if apl is not None and 0 < epoch and epoch >= apl.warmup_epochs:
+            refresh_pseudo_labels(apl, model, exp, accelerator)
         if state.targets is not None:
             loader.dataset.set_targets(state.targets)
         model.train()
@@ -785,6 +788,29 @@ def recover_labels(recovery, epoch: int, model, exp: Experiment, accelerator) ->
     feats = exp.train.cache.global_features(exp.train.rows) if exp.train.cache is not None else None
     targets = recovery.update(epoch, scores, feats, observed)
     return torch.as_tensor(targets, dtype=torch.float32).cpu()
+
+
+def _pseudo_labelling_loss(loss):
+    """The loss if it assigns pseudo labels between epochs (EM+APL), else None. The
+    trainer then drives it (``auto_update`` off): the loss alone would only see the
+    images of its own process, and with DDP's buffer broadcast every process would end
+    up with rank 0's half."""
+    if loss is None or not hasattr(loss, "assign_pseudo_labels"):
+        return None
+    loss.auto_update = False
+    return loss
+
+
+def refresh_pseudo_labels(loss, model, exp: Experiment, accelerator) -> None:
+    """One pseudo-labelling round before an epoch: the current model scores the whole
+    training part (eval mode, gathered from every process, as the EM+APL reference
+    re-scores its train set), and every process assigns the same pseudo labels."""
+    from .evaluate import score_part
+
+    logits = score_part(accelerator.unwrap_model(model), exp.train, exp.backbone, [list(exp.train.labels)],
+                        accelerator)[0]
+    observed = torch.as_tensor(np.asarray(exp.train.targets), dtype=torch.float32)
+    loss.assign_pseudo_labels(torch.sigmoid(logits), observed)
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:

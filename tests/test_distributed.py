@@ -131,3 +131,46 @@ def test_an_error_in_a_two_process_run_names_the_rank(tmp_path, tiny_clip_files)
         lines = [l for l in two.stderr.splitlines() if l.startswith(f"sigrl train: rank {rank} of 2: error: ")]
         assert len(lines) == 1 and "train.batch_size=5" in lines[0], two.stderr[-3000:]
     assert "sigrl/train.py" not in two.stderr  # one line per rank, no traceback of ours
+
+
+@pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed (torch.distributed launcher)")
+def test_em_apl_pseudo_labels_cover_every_image_with_two_processes(tmp_path, tiny_clip_files):
+    """EM+APL assigns its pseudo negatives from scores of the whole training set, also when
+    each process sees half of it: every round labels floor(0.9 * U_c / rounds) unobserved
+    entries of each class c (U_c counted over all training images), in 1 and 2 processes."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from sigrl.config import load_config
+    from sigrl.data.csvdata import load_csv_dataset
+    from sigrl.data.observed import single_positive
+    from sigrl.train import train
+
+    data = make_dataset(tmp_path / "data", n_train=24, n_val=0, n_test=6, seed=8, unseen=False)
+    y = tmp_path / "run.yaml"
+    y.write_text(json.dumps({
+        "data": {"format": "csv", "root": str(data), "observed": "single_positive", "seed": 2},
+        "backbone": {"model": str(tiny_clip_files[0]), "pretrained": str(tiny_clip_files[1])},
+        "head": {"class": "adapter"}, "loss": {"name": "em_apl", "options": {"warmup_epochs": 1}},
+        "train": {"epochs": 3, "batch_size": 4, "lr": 0.01},
+        "cache": {"dir": str(tmp_path / "cache"), "shard_size": 8}}))
+    train(load_config(y, [f"output={tmp_path / 'one'}"]), progress=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "sigrl", "train", str(y), "-q",
+                          "-o", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    observed = single_positive(load_csv_dataset(data).train.targets, seed=2)
+    unobserved = (observed == 0).sum(0)
+    rounds = 3 - 1  # epochs 1 and 2 (0-based) each label a share
+    expected = rounds * np.floor(0.9 * unobserved / rounds)
+    for run in ("one", "two"):
+        state = load_file(str(next((tmp_path / run / "state").glob("model*.safetensors"))))
+        mask = state["loss.pseudo_mask"].numpy()
+        assert mask.shape == observed.shape
+        assert not (mask & (observed != 0)).any()  # only unobserved entries get pseudo labels
+        np.testing.assert_array_equal(mask.sum(0), expected, err_msg=run)
+    a, b = read_metrics(tmp_path / "one" / "metrics.csv"), read_metrics(tmp_path / "two" / "metrics.csv")
+    for ra, rb in zip(a, b):
+        for k in ra:
+            assert abs(ra[k] - rb[k]) <= TOLERANCE, (k, ra[k], rb[k])

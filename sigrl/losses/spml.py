@@ -361,7 +361,9 @@ class AsymmetricPseudoLabelLoss(_SPMLLoss):
     The predictions used are those this loss saw for each image during the previous
     epoch (recorded in buffers from ``forward``; ``auto_update=True``). The reference
     re-scores the train set in eval mode after each epoch; a trainer can do the same and
-    call :meth:`assign_pseudo_labels` itself (then pass ``auto_update=False``).
+    call :meth:`assign_pseudo_labels` itself (then pass ``auto_update=False``). sigrl's
+    trainer does (:func:`sigrl.train.refresh_pseudo_labels`): with several processes each
+    loss sees only its own images, so recorded predictions would cover a part of the set.
     All state (pseudo labels, recorded predictions) lives in buffers.
 
     Hyper-parameters: num_images, num_classes (required); num_epochs=10;
