@@ -121,3 +121,11 @@ def test_transport_config_errors(tmp_path, all_labels_data, tiny_clip_files):
         config_bad = config(tmp_path, all_labels_data, tiny_clip_files, "loss.name=vlpl",
                             "loss.options.pos_threshold=.nan", "data.observed=single_positive", name="nan")
         train(config_bad, progress=False)
+
+
+def test_train_help_names_every_loss_and_recovery():
+    from sigrl.commands.train import LOSS_NAMES, RECOVERY_NAMES
+    from sigrl.losses import LOSSES
+    from sigrl.methods import RECOVERIES
+
+    assert LOSS_NAMES.split() == list(LOSSES) and RECOVERY_NAMES.split() == list(RECOVERIES)
