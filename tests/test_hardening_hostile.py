@@ -364,3 +364,24 @@ def test_csv_paths_outside_the_root_are_refused_even_when_the_file_exists(tmp_pa
     (root / "train.csv").write_text("image,labels\nimg/../img/./tr0.png,red\nimg/tr1.png,red\n")
     code, out, _ = run(["data", "check", "csv", str(root), "--no-progress", "--json"], capsys)
     assert code == 0 and json.loads(out)["train_images"] == 2
+
+
+def test_symlinked_image_folder_inside_the_root_is_followed(tmp_path, capsys):
+    """A dataset may keep its images elsewhere and link them in (documented in
+    sigrl/safeio.py): the link is followed, while the list itself still cannot name a
+    path outside the root."""
+    import shutil
+
+    root = make_csv(tmp_path / "ds", n_train=3, n_test=2)
+    store = tmp_path / "big-disk" / "images"
+    shutil.move(str(root / "img"), str(store))
+    os.symlink(store, root / "img", target_is_directory=True)
+    code, out, err = run(["data", "check", "csv", str(root), "--no-progress", "--json"], capsys)
+    rep = json.loads(out)
+    assert code == 0 and rep["problems"] == [], out + err
+    assert rep["train_images"] == 3 and rep["test_images"] == 2 and rep["checked_images"] == 5
+    (root / "train.csv").write_text("image,labels\nimg/tr0.png,red\n../big-disk/images/tr1.png,red\n")
+    code, out, _ = run(["data", "check", "csv", str(root), "--no-progress", "--json"], capsys)
+    rep = json.loads(out)
+    assert code == 1 and rep["train_images"] == 1
+    assert any("escapes the dataset root" in p for p in rep["problems"])
