@@ -81,6 +81,7 @@ def main() -> None:
         common += ["data.world.quick=true", "backbone.pretrain.quick=true"]
     only = set(args.only.split(",")) if args.only else None
     seconds: dict[str, float] = {}
+    pseudo: dict[str, dict[str, list[float]]] = {}  # VLPL rows: pseudo-label quality per seed
 
     def run(name: str, overrides: list[str], seed: int) -> float:
         if args.epochs <= 5 and "loss.name=em_apl" in overrides:
@@ -99,6 +100,10 @@ def main() -> None:
         seconds[name] = time.time() - t0
         m = res.best_metrics.get("test/mAP")
         print(f"{name:<22} test mAP {100 * m:5.1f}   ({seconds[name]:.0f} s)", file=sys.stderr, flush=True)
+        for key in ("precision", "recall"):
+            v = res.history[0].get(f"pseudo/pseudo_pos_{key}") if res.history else None
+            if v is not None:
+                pseudo.setdefault(name.rsplit("_seed", 1)[0], {}).setdefault(key, []).append(float(v))
         return float(m)
 
     spml: dict[str, list[float]] = {}
@@ -134,6 +139,9 @@ def main() -> None:
                   file=sys.stderr)
     if partial_rows:
         tables["partial labels (test mAP)"] = partial_rows
+    if pseudo:
+        tables["pseudo positives of the frozen backbone vs the full labels"] = {
+            k: {c: mean(v) for c, v in cols.items()} for k, cols in pseudo.items()}
     protocol = {"data": "embedded world, every label a training label" + (" (quick)" if args.quick else ""),
                 "head": args.head, "epochs": args.epochs, "max train images": args.max_train_images or "all",
                 "seeds": ",".join(map(str, seeds)),

@@ -389,6 +389,7 @@ class TrainModule(nn.Module):
         self.head, self.text, self.loss = head, text, loss
         self.transport = transport if transport is not None and transport_weight > 0 else None
         self.transport_weight, self.transport_labels = float(transport_weight), transport_labels
+        self.pseudo_stats: dict = {}  # set by the trainer for losses with pseudo labels (VLPL)
 
     def forward(self, g, l, labels, observed=None, *, index=None, epoch=None):
         T = self.text(labels)
@@ -628,6 +629,9 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
         row = {"epoch": epoch + 1, "step": state.step,
                "train/loss": accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item(),
                "lr": scheduler.get_last_lr()[0], "time/epoch_s": round(time.time() - t0, 3)}
+        if epoch == 0:  # facts about the run's pseudo labels (VLPL), once in metrics.csv
+            row.update({f"pseudo/{k}": v for k, v in getattr(accelerator.unwrap_model(model), "pseudo_stats",
+                                                              {}).items()})
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             row.update(evaluate_parts(accelerator.unwrap_model(model), exp, accelerator))
         end_epoch(accelerator, state, row, early, accelerator.unwrap_model(model), exp, run_dir)
@@ -650,7 +654,7 @@ def build_training(cfg: Config, exp: Experiment):
     model = TrainModule(build_head(cfg, exp), text, build_loss(cfg, exp), transport=transport,
                         transport_weight=cfg.loss.transport_weight, transport_labels=cfg.loss.transport_labels)
     if hasattr(model.loss, "fit_pseudo_labels"):  # VLPL: pseudo labels from the frozen backbone, once
-        fit_pseudo_labels(model.loss, exp)
+        model.pseudo_stats = fit_pseudo_labels(model.loss, exp)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     train_set = part_dataset(exp.train, exp.backbone, augment=cfg.train.augment)
@@ -677,11 +681,16 @@ def part_global_features(part: Part, backbone, batch_size: int = 64) -> torch.Te
     return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
 
 
-def fit_pseudo_labels(loss: nn.Module, exp: Experiment) -> None:
+def fit_pseudo_labels(loss: nn.Module, exp: Experiment) -> dict:
     """VLPL: score every training image against every label with the frozen backbone
     (cosine of global image feature and the prompt embedding, no trained part), and let
     the loss turn the scores into pseudo labels. Same inputs on every process, so every
-    process gets the same labels."""
+    process gets the same labels.
+
+    Returns their statistics: pseudo positives (and negatives) per image, and, when the
+    dataset's full labels are richer than the observed ones (simulated single-positive or
+    partial labels), the precision of the pseudo positives and the share of the hidden
+    positives they find (``pseudo_pos_precision``, ``pseudo_pos_recall``)."""
     import torch.nn.functional as Fn
 
     from .prompts import embed_labels
@@ -690,10 +699,18 @@ def fit_pseudo_labels(loss: nn.Module, exp: Experiment) -> None:
         feats = Fn.normalize(part_global_features(exp.train, exp.backbone), dim=-1)
         emb = Fn.normalize(embed_labels(exp.backbone, list(exp.train.labels), exp.prompts).float().cpu(), dim=-1)
     observed = torch.as_tensor(np.asarray(exp.train.targets), dtype=torch.float32)
-    loss.fit_pseudo_labels(feats @ emb.t(), observed)
-    stats = ", ".join(f"{k} {v:.2f}" for k, v in getattr(loss, "stats", {}).items())
+    targets = loss.fit_pseudo_labels(feats @ emb.t(), observed)
+    stats = dict(getattr(loss, "stats", {}))
+    full = torch.as_tensor(np.asarray(exp.train.split.targets)[exp.train.rows], dtype=torch.float32)
+    pseudo_pos, hidden = (targets > 0) & (observed == 0), (full > 0) & (observed == 0)
+    if hidden.any():
+        stats["pseudo_pos_recall"] = float((pseudo_pos & hidden).sum() / hidden.sum())
+        if pseudo_pos.any():
+            stats["pseudo_pos_precision"] = float((pseudo_pos & hidden).sum() / pseudo_pos.sum())
     if stats and int(os.environ.get("RANK", "0")) == 0:
-        print(f"sigrl train: vlpl pseudo labels: {stats}", file=sys.stderr)
+        print("sigrl train: vlpl pseudo labels: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()),
+              file=sys.stderr)
+    return stats
 
 
 def progress_bar(loader, accelerator, progress: bool, desc: str):

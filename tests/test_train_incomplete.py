@@ -71,6 +71,13 @@ def test_vlpl_pseudo_labels_come_from_the_frozen_backbone(tmp_path, all_labels_d
     # the rule did something in both directions: some unobserved entries became pseudo
     # positives, others stayed unknown
     assert 0 < int((stored[unobserved] == 1).sum()) < int(unobserved.sum())
+    # the first epoch's metrics row reports how good they are against the full labels
+    full = torch.as_tensor(ds.train.targets, dtype=torch.int64)
+    pseudo_pos, hidden = (stored == 1) & unobserved, (full == 1) & unobserved
+    row = res.history[0]
+    assert row["pseudo/pseudo_pos_precision"] == pytest.approx(float((pseudo_pos & hidden).sum() / pseudo_pos.sum()))
+    assert row["pseudo/pseudo_pos_recall"] == pytest.approx(float((pseudo_pos & hidden).sum() / hidden.sum()))
+    assert row["pseudo/pseudo_pos_per_image"] == pytest.approx(float(pseudo_pos.sum()) / len(stored))
 
 
 def test_vlpl_changes_training_compared_with_em(tmp_path, all_labels_data, tiny_clip_files):
