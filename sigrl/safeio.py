@@ -185,23 +185,36 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return atomic_write_bytes(path, text.encode(encoding))
 
 
-def load_torch_weights_only(path: str | os.PathLike, map_location="cpu"):
+def load_torch_weights_only(path: str | os.PathLike, map_location="cpu", *, mmap: bool = False):
     """``torch.load(path, weights_only=True)`` with errors a user can act on.
 
     Tensors, plain containers and numbers load; anything that needs an arbitrary
     global is refused by torch and reported as UnsafeFileError naming the file.
+    ``mmap=True`` maps the tensors instead of reading them (files of the zip format
+    ``torch.save`` writes since torch 1.6; the legacy format is read in full): enough to
+    check a large checkpoint that another library then loads.
 
     Raises:
         UnsafeFileError: torch refused the file under ``weights_only=True``.
         DataError: the file is missing or not a torch file.
     """
+    import warnings
+
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected a torch .pt file)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols it does not expect
+            warnings.simplefilter("ignore")
+            if mmap:
+                try:
+                    return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+                except RuntimeError as err:
+                    if "mmap" not in str(err):
+                        raise
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
         detail = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")

@@ -3,6 +3,7 @@ directory; the context cut gives identical embeddings; local tokens share the pr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -86,11 +87,10 @@ def _write_hf_tokenizer_files(directory):
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
 
 
-@pytest.fixture(scope="module")
-def hf_clip_dir(tmp_path_factory):
+def save_tiny_hf_clip(d: Path) -> Path:
+    """A tiny random Hugging Face CLIPModel saved in ``d`` (model.safetensors, no tokenizer)."""
     from transformers import CLIPConfig, CLIPModel
 
-    d = tmp_path_factory.mktemp("hf_clip")
     cfg = CLIPConfig(
         text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
@@ -102,6 +102,11 @@ def hf_clip_dir(tmp_path_factory):
     torch.manual_seed(0)
     CLIPModel(cfg).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def hf_clip_dir(tmp_path_factory):
+    return save_tiny_hf_clip(tmp_path_factory.mktemp("hf_clip"))
 
 
 def test_hf_clip_directory_with_tokenizer(hf_clip_dir):

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save, save_file
 
 from sigrl.cli import main
 
-from conftest import TINY_CLIP_CFG, save_tiny_clip, write_shape_image
+from conftest import TINY_CLIP_CFG, save_tiny_clip
 from test_data_check import jpg, make_csv, png
 from test_data_nuswide import make_biam
 
@@ -273,20 +273,9 @@ def test_malformed_model_config_is_one_line(content, tiny_clip_files, image_dir,
 def hf_clip_bin_dir(tmp_path_factory):
     """A tiny random Hugging Face CLIPModel directory with tokenizer files, saved as
     model.safetensors (the tests swap it for a pytorch_model.bin)."""
-    from transformers import CLIPConfig, CLIPModel
+    from test_backbones import _write_hf_tokenizer_files, save_tiny_hf_clip
 
-    from test_backbones import _write_hf_tokenizer_files
-
-    d = tmp_path_factory.mktemp("hf_clip_bin")
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406,
-                         eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(d)
+    d = save_tiny_hf_clip(tmp_path_factory.mktemp("hf_clip_bin"))
     _write_hf_tokenizer_files(d)
     return d
 

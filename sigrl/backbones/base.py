@@ -114,3 +114,24 @@ def cut_to_longest(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
     nonpad = (tokens != pad_id).any(dim=0)
     last = int(nonpad.nonzero().max()) + 1 if nonpad.any() else 1
     return tokens[:, :last]
+
+
+def load_torch_checkpoint(path, *, mmap: bool = False):
+    """A torch checkpoint file through :func:`sigrl.safeio.load_torch_weights_only`
+    (``weights_only=True``), its errors as one-line :class:`CheckpointError` messages: a
+    pickle that asks to run code is refused, without torch's advice to retry with
+    ``weights_only=False``."""
+    from pathlib import Path
+
+    from ..errors import CheckpointError, DataError, UnsafeFileError
+    from ..safeio import load_torch_weights_only
+
+    path = Path(path)
+    try:
+        return load_torch_weights_only(path, mmap=mmap)
+    except UnsafeFileError:
+        raise CheckpointError(f"{path}: refused: the file asks to run code when loaded (only tensors are accepted); "
+                              "use a .safetensors file or a plain state dict from a source you trust") from None
+    except DataError as err:
+        msg = str(err).removeprefix(f"{path}: ")
+        raise CheckpointError(f"{path}: cannot read checkpoint ({msg[:200]})") from None

@@ -9,23 +9,22 @@ through the same ``post_layernorm`` and ``visual_projection`` as the class token
 
 Hostile weights: a directory without ``*.safetensors`` is loaded from its
 ``pytorch_model*.bin`` files, which are pickles. Before ``transformers`` sees them, each
-is opened here with ``torch.load(weights_only=True, mmap=True)`` (the tensors are not
-read), so a pickle that asks for any global (``os.system``, a class) is refused with one
-line naming the file, whatever ``transformers`` version is installed and without its
-advice to retry with ``weights_only=False``.
+is opened here with ``torch.load(weights_only=True, mmap=True)``
+(:func:`~sigrl.backbones.base.load_torch_checkpoint`; the tensors are not read), so a
+pickle that asks for any global (``os.system``, a class) is refused with one line naming
+the file, whatever ``transformers`` version is installed and without its advice to retry
+with ``weights_only=False``.
 """
 from __future__ import annotations
 
 import json
-import pickle
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, UsageError
-from .base import Backbone, PreprocessConfig
+from .base import Backbone, PreprocessConfig, load_torch_checkpoint
 from .openclip import build_transform, file_sha256
 
 
@@ -78,34 +77,6 @@ class HFClipBackbone(Backbone):
         return torch.cat(outs) if outs else torch.zeros(0, self.embed_dim)
 
 
-def _refuse_code_in_torch_file(path: Path) -> None:
-    """Raise CheckpointError when the torch pickle ``path`` asks to run code when loaded.
-
-    ``mmap=True`` maps the tensors instead of reading them (files of the zip format that
-    ``torch.save`` writes since torch 1.6); the legacy format is read in full."""
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it does not expect
-            warnings.simplefilter("ignore")
-            try:
-                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as err:
-                if "mmap" not in str(err):
-                    raise
-                torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
-    except pickle.UnpicklingError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        if any("GLOBAL" in line for line in lines):
-            raise CheckpointError(f"{path}: refused: the file asks to run code when loaded (only tensors are "
-                                  "accepted); use the model's .safetensors weights or a .bin from a source you "
-                                  "trust") from None
-        # not torch's weights-only advice (it suggests weights_only=False): the operand it stopped at
-        detail = next((line for line in lines if line.startswith("Unsupported")), lines[-1] if lines else "")
-        raise CheckpointError(f"{path}: cannot read weights: not a plain torch state dict ({detail[:120]})") from None
-    except Exception as err:  # noqa: BLE001 - truncated file, not a torch file
-        msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise CheckpointError(f"{path}: cannot read weights ({type(err).__name__}: {msg})") from None
-
-
 def load_hf_clip(directory: str | Path, *, device="cpu", preprocess: dict | None = None) -> HFClipBackbone:
     from transformers import CLIPModel, CLIPTokenizer
 
@@ -114,7 +85,7 @@ def load_hf_clip(directory: str | Path, *, device="cpu", preprocess: dict | None
         raise UsageError(f"{directory}: not a Hugging Face model directory (no config.json)")
     if not any(directory.glob("*.safetensors")):
         for path in sorted(directory.glob("*.bin")):
-            _refuse_code_in_torch_file(path)
+            load_torch_checkpoint(path, mmap=True)  # refuses a pickle that asks to run code
     try:
         model = CLIPModel.from_pretrained(directory, local_files_only=True)
     except Exception as err:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, UsageError
-from .base import Backbone, PreprocessConfig
+from .base import Backbone, PreprocessConfig, load_torch_checkpoint
 
 
 def file_sha256(path: str | Path, limit: int | None = None) -> str:
@@ -50,20 +49,16 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
-            raise CheckpointError(f"{path}: refused: the file asks to run code when loaded (only tensors are accepted); "
-                                  "use a .safetensors file or a plain state dict from a source you trust") from None
-        raise CheckpointError(f"{path}: cannot read checkpoint (corrupt pickle: {str(err).splitlines()[0][:120]})") from None
-    except Exception as err:  # corrupt file, wrong format
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+        except Exception as err:  # corrupt file, wrong format
+            raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:200]})") from err
+    else:
+        sd = load_torch_checkpoint(path)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
