@@ -86,10 +86,10 @@ def main() -> None:
     def run(name: str, overrides: list[str], seed: int) -> float:
         if args.epochs <= 5 and "loss.name=em_apl" in overrides:
             overrides = overrides + [f"loss.options.warmup_epochs={max(0, args.epochs - 2)}"]
-        name = f"{name}_seed{seed}"
+        run_name = f"{name}_seed{seed}"
         cfg = load_config(REPO / "configs" / "world_spml_an.yaml",
                           common + [f"data.seed={seed}", f"train.seed={seed}"] + overrides
-                          + [f"output={out / 'runs' / name}"])
+                          + [f"output={out / 'runs' / run_name}"])
         run_dir = Path(cfg.output)
         if (run_dir / "state").exists():
             import shutil
@@ -97,13 +97,13 @@ def main() -> None:
             shutil.rmtree(run_dir)
         t0 = time.time()
         res = train(cfg, progress=False)
-        seconds[name] = time.time() - t0
+        seconds[run_name] = time.time() - t0
         m = res.best_metrics.get("test/mAP")
-        print(f"{name:<22} test mAP {100 * m:5.1f}   ({seconds[name]:.0f} s)", file=sys.stderr, flush=True)
+        print(f"{run_name:<22} test mAP {100 * m:5.1f}   ({seconds[run_name]:.0f} s)", file=sys.stderr, flush=True)
         for key in ("precision", "recall"):
             v = res.history[0].get(f"pseudo/pseudo_pos_{key}") if res.history else None
             if v is not None:
-                pseudo.setdefault(name.rsplit("_seed", 1)[0], {}).setdefault(key, []).append(float(v))
+                pseudo.setdefault(name, {}).setdefault(key, []).append(float(v))
         return float(m)
 
     spml: dict[str, list[float]] = {}

@@ -311,6 +311,17 @@ def _collate(items):
     return items
 
 
+def _existing_manifest(directory: Path, backbone, split, rebuild: bool) -> dict | None:
+    """The folder's manifest, checked against ``backbone`` and ``split`` (raises when it
+    belongs to others); None when there is none or the cache is being rebuilt."""
+    path = directory / MANIFEST
+    if rebuild or not path.is_file():
+        return None
+    manifest = _read_json(path, "feature-cache manifest")
+    _check_identity(directory, manifest, backbone, split)
+    return manifest
+
+
 def _lock_folder(directory: Path):
     """Hold an exclusive lock on ``directory/LOCK`` (waiting for another build that holds
     it); returns the open lock file (closing it releases the lock) or None where the
@@ -404,13 +415,10 @@ def build_cache(split, backbone, directory: str | Path, *, shard_size: int = 102
     """
     directory = Path(directory)
     dist = _Dist(getattr(state, "process_index", 0), getattr(state, "num_processes", 1))
-    manifest_path = directory / MANIFEST
     # 0. a complete cache opens without writing anything (no lock: read-only caches work)
-    if manifest_path.is_file() and not rebuild:
-        manifest = _read_json(manifest_path, "feature-cache manifest")
-        _check_identity(directory, manifest, backbone, split)
-        if manifest.get("complete"):
-            return FeatureCache(directory, manifest)
+    manifest = _existing_manifest(directory, backbone, split, rebuild)
+    if manifest is not None and manifest.get("complete"):
+        return FeatureCache(directory, manifest)
     # 1. one build of this folder at a time: rank 0 holds the lock until the manifest is complete
     lock = None
     if dist.rank == 0:
@@ -433,9 +441,8 @@ def _build_locked(split, backbone, directory: Path, dist: _Dist, *, shard_size, 
     manifest_path = directory / MANIFEST
     # 2. every rank checks an existing manifest (so all fail alike; another build may have
     #    finished it while this one waited for the lock); rank 0 prepares the folder
-    if manifest_path.is_file() and not rebuild:
-        manifest = _read_json(manifest_path, "feature-cache manifest")
-        _check_identity(directory, manifest, backbone, split)
+    manifest = _existing_manifest(directory, backbone, split, rebuild)
+    if manifest is not None:
         if manifest.get("complete"):
             return FeatureCache(directory, manifest)
         shard_size = int(manifest["shard_size"])

@@ -422,8 +422,14 @@ def build_head(cfg: Config, exp: Experiment) -> nn.Module:
 def build_loss(cfg: Config, exp: Experiment) -> nn.Module:
     from .losses import build_loss as make
 
-    return make(cfg.loss.name, num_images=len(exp.train), num_classes=len(exp.train.labels),
+    loss = make(cfg.loss.name, num_images=len(exp.train), num_classes=len(exp.train.labels),
                 num_epochs=cfg.train.epochs, **cfg.loss.options)
+    if hasattr(loss, "assign_pseudo_labels"):
+        # EM+APL: the trainer drives its pseudo labelling (refresh_pseudo_labels) from a
+        # scoring of the whole training part; left to itself the loss would see only its
+        # own process's images, and DDP's buffer broadcast would leave every rank rank 0's half
+        loss.auto_update = False
+    return loss
 
 
 def build_recovery(cfg: Config):
@@ -605,7 +611,12 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
     early = early_stop_metric(cfg, exp)
     start_tracking(accelerator, cfg, run_dir)
     labels, epochs_run = list(exp.train.labels), 0
-    apl = _pseudo_labelling_loss(accelerator.unwrap_model(model).loss)
+    pseudo_stats = accelerator.unwrap_model(model).pseudo_stats
+    if pseudo_stats and accelerator.is_main_process:
+        print("sigrl train: vlpl pseudo labels: " + ", ".join(f"{k} {v:.3f}" for k, v in pseudo_stats.items()),
+              file=sys.stderr)
+    apl = accelerator.unwrap_model(model).loss  # EM+APL: pseudo labels refreshed between epochs
+    apl = apl if hasattr(apl, "assign_pseudo_labels") else None
     for epoch in range(state.epoch, cfg.train.epochs):
         if recovery is not None:  # label recovery between epochs, over the whole training part
             state.targets = recover_labels(recovery, epoch, model, exp, accelerator)
@@ -630,8 +641,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
                "train/loss": accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item(),
                "lr": scheduler.get_last_lr()[0], "time/epoch_s": round(time.time() - t0, 3)}
         if epoch == 0:  # facts about the run's pseudo labels (VLPL), once in metrics.csv
-            row.update({f"pseudo/{k}": v for k, v in getattr(accelerator.unwrap_model(model), "pseudo_stats",
-                                                              {}).items()})
+            row.update({f"pseudo/{k}": v for k, v in pseudo_stats.items()})
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             row.update(evaluate_parts(accelerator.unwrap_model(model), exp, accelerator))
         end_epoch(accelerator, state, row, early, accelerator.unwrap_model(model), exp, run_dir)
@@ -670,14 +680,11 @@ def build_training(cfg: Config, exp: Experiment):
 
 def part_global_features(part: Part, backbone, batch_size: int = 64) -> torch.Tensor:
     """(len(part), D) normalised global features of a part: from its cache, or encoded."""
-    if part.cache is not None:
+    if part.cache is not None:  # no local tokens read
         return part.cache.global_features(part.rows).float()
-    rows = ImageRows(part, backbone.preprocess)
-    out = []
+    loader = torch.utils.data.DataLoader(part_dataset(part, backbone), batch_size=batch_size, shuffle=False)
     with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            pixels = torch.stack([rows[i]["pixels"] for i in range(start, min(start + batch_size, len(rows)))])
-            out.append(backbone.encode_images(pixels)[0].half().float().cpu())
+        out = [features(batch, backbone)[0].cpu() for batch in loader]
     return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
 
 
@@ -707,9 +714,6 @@ def fit_pseudo_labels(loss: nn.Module, exp: Experiment) -> dict:
         stats["pseudo_pos_recall"] = float((pseudo_pos & hidden).sum() / hidden.sum())
         if pseudo_pos.any():
             stats["pseudo_pos_precision"] = float((pseudo_pos & hidden).sum() / pseudo_pos.sum())
-    if stats and int(os.environ.get("RANK", "0")) == 0:
-        print("sigrl train: vlpl pseudo labels: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()),
-              file=sys.stderr)
     return stats
 
 
@@ -805,17 +809,6 @@ def recover_labels(recovery, epoch: int, model, exp: Experiment, accelerator) ->
     feats = exp.train.cache.global_features(exp.train.rows) if exp.train.cache is not None else None
     targets = recovery.update(epoch, scores, feats, observed)
     return torch.as_tensor(targets, dtype=torch.float32).cpu()
-
-
-def _pseudo_labelling_loss(loss):
-    """The loss if it assigns pseudo labels between epochs (EM+APL), else None. The
-    trainer then drives it (``auto_update`` off): the loss alone would only see the
-    images of its own process, and with DDP's buffer broadcast every process would end
-    up with rank 0's half."""
-    if loss is None or not hasattr(loss, "assign_pseudo_labels"):
-        return None
-    loss.auto_update = False
-    return loss
 
 
 def refresh_pseudo_labels(loss, model, exp: Experiment, accelerator) -> None:

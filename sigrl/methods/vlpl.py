@@ -27,6 +27,18 @@ from sigrl.errors import ConfigError
 __all__ = ["vlpl_pseudo_labels", "VLPLLoss"]
 
 
+def _check_rule(pos_threshold, neg_threshold, neg_fraction, temperature) -> None:
+    """ConfigError for a pseudo-label rule that cannot work."""
+    if not math.isfinite(float(pos_threshold)):
+        raise ConfigError(f"vlpl: pos_threshold must be a finite number, got {pos_threshold!r}")
+    if neg_threshold is not None and not float(neg_threshold) < float(pos_threshold):
+        raise ConfigError(f"vlpl: neg_threshold ({neg_threshold}) must be below pos_threshold ({pos_threshold})")
+    if neg_fraction is not None and not (0.0 <= float(neg_fraction) <= 1.0):
+        raise ConfigError(f"vlpl: neg_fraction must be in [0, 1], got {neg_fraction!r}")
+    if temperature is not None and not float(temperature) > 0:
+        raise ConfigError(f"vlpl: temperature must be > 0, got {temperature!r}")
+
+
 def vlpl_pseudo_labels(
     scores: Tensor,
     observed: Tensor,
@@ -56,14 +68,7 @@ def vlpl_pseudo_labels(
         raise ValueError(
             f"scores {tuple(scores.shape)} and observed {tuple(observed.shape)} must both be (N, C)"
         )
-    if not math.isfinite(float(pos_threshold)):
-        raise ConfigError(f"vlpl: pos_threshold must be a finite number, got {pos_threshold!r}")
-    if neg_threshold is not None and not float(neg_threshold) < float(pos_threshold):
-        raise ConfigError(f"vlpl: neg_threshold ({neg_threshold}) must be below pos_threshold ({pos_threshold})")
-    if neg_fraction is not None and not (0.0 <= float(neg_fraction) <= 1.0):
-        raise ConfigError(f"vlpl: neg_fraction must be in [0, 1], got {neg_fraction!r}")
-    if temperature is not None and not float(temperature) > 0:
-        raise ConfigError(f"vlpl: temperature must be > 0, got {temperature!r}")
+    _check_rule(pos_threshold, neg_threshold, neg_fraction, temperature)
 
     scores = scores.detach().float()
     if temperature is not None:
@@ -146,8 +151,7 @@ class VLPLLoss(nn.Module):
         self.smoothing, self.unobserved = float(smoothing), unobserved
         self.rule = {"pos_threshold": pos_threshold, "neg_threshold": neg_threshold,
                      "neg_fraction": neg_fraction, "temperature": temperature}
-        # checked now (a config error must not wait for the first epoch)
-        vlpl_pseudo_labels(torch.zeros(1, 2), torch.zeros(1, 2), **self.rule)
+        _check_rule(**self.rule)  # now: a config error must not wait for the first epoch
         self.stats: dict[str, float] = {}
         if num_images is not None:
             if int(num_images) < 1 or int(num_classes) < 1:
