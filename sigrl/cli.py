@@ -78,6 +78,13 @@ def _rank() -> str:
     return f"rank {os.environ.get('RANK', '?')} of {world}: " if world > 1 else ""
 
 
+def _say(line: str) -> None:
+    """One stderr line in one write: processes of a multi-process run share the pipe, and
+    print's separate write of the newline let their lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except SigrlError as err:
         if args.debug:
             raise
-        print(f"sigrl {args.verb}: {_rank()}error: {err}", file=sys.stderr)
+        _say(f"sigrl {args.verb}: {_rank()}error: {err}")
         return err.exit_code
     except KeyboardInterrupt:
-        print(f"sigrl {args.verb}: {_rank()}interrupted", file=sys.stderr)
+        _say(f"sigrl {args.verb}: {_rank()}interrupted")
         return 130
 
 

@@ -63,13 +63,11 @@ def run(args) -> int:
     rank, world = _rank()
     try:
         result = train(cfg, resume=args.resume, progress=not args.quiet)
-    except SigrlError as err:
+    except SigrlError:
+        raise  # sigrl.cli prints it on one line, naming the process in a multi-process run
+    except Exception as err:  # a bug: the traceback follows; say which process it came from
         if world > 1:
-            raise type(err)(f"process {rank} of {world}: {err}") from err
-        raise
-    except Exception as err:
-        if world > 1:
-            print(f"sigrl train: process {rank} of {world} failed: {type(err).__name__}: {err}", file=sys.stderr)
+            sys.stderr.write(f"sigrl train: rank {rank} of {world}: failed: {type(err).__name__}: {err}\n")
         raise
     if rank != 0:
         return 0
