@@ -60,7 +60,7 @@ from .errors import CheckpointError, DataError
 from .safeio import atomic_write, atomic_write_text
 
 FORMAT = "sigrl-feature-cache"
-VERSION = 1
+VERSION = 2
 DTYPE = "float16"
 MANIFEST = "manifest.json"
 LOCK = ".build.lock"

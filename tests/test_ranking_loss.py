@@ -7,39 +7,73 @@ from sigrl.errors import ConfigError, DataError, UsageError
 from sigrl.losses.ranking import RankingLoss
 
 
-def naive_ranking(logits, targets, margin, smooth=False):
-    """Loop over images and pairs (independent of the vectorised code)."""
+def naive_ranking(logits, targets, margin, smooth=False, normalize="pairs"):
+    """Loop over images and pairs (independent of the vectorised code).
+
+    normalize="pairs": mean over the pairs of an image, mean over images with pairs.
+    normalize="violating" (BiAM/MKT): sum over the pairs / number of pairs with
+    margin - s_pos + s_neg > 0 (0 if none), mean over ALL images."""
     per_image = []
     for s, t in zip(logits.tolist(), targets.tolist()):
         pairs = [(i, j) for i in range(len(t)) for j in range(len(t)) if t[i] == 1 and t[j] == -1]
         if not pairs:
+            if normalize == "violating":
+                per_image.append(0.0)
             continue
-        vals = []
+        vals, n_viol = [], 0
         for i, j in pairs:
             d = margin - s[i] + s[j]
             vals.append(math.log1p(math.exp(d)) if smooth else max(0.0, d))
-        per_image.append(sum(vals) / len(vals))
+            n_viol += d > 0
+        if normalize == "violating":
+            per_image.append(sum(vals) / n_viol if n_viol else 0.0)
+        else:
+            per_image.append(sum(vals) / len(vals))
     return sum(per_image) / len(per_image) if per_image else 0.0
 
 
-def test_hand_computed_hinge():
+def test_hand_computed_hinge_the_two_normalisations_differ():
     logits = torch.tensor([[0.5, 1.0, 0.0], [2.0, 0.5, 1.0], [9.0, -9.0, 0.0]])
     targets = torch.tensor([[1, -1, -1], [1, 1, -1], [0, 0, 0]])
-    # image 0: pairs (0,1): 1 - 0.5 + 1 = 1.5 ; (0,2): 1 - 0.5 + 0 = 0.5 -> 1.0
-    # image 1: pairs (0,2): 1 - 2 + 1 = 0    ; (1,2): 1 - 0.5 + 1 = 1.5 -> 0.75
-    # image 2: no pair, left out -> (1.0 + 0.75) / 2
+    # image 0: pairs (0,1): 1 - 0.5 + 1 = 1.5 ; (0,2): 1 - 0.5 + 0 = 0.5   2 pairs, 2 violating
+    # image 1: pairs (0,2): 1 - 2 + 1 = 0    ; (1,2): 1 - 0.5 + 1 = 1.5   2 pairs, 1 violating
+    # image 2: no pair
+    # violating (reference, default): (2.0/2 + 1.5/1 + 0) / 3 images = 0.8333...
+    # pairs: (2.0/2 + 1.5/2) / 2 images with pairs = 0.875
     loss = RankingLoss(margin=1.0)(logits, targets)
-    assert loss.item() == pytest.approx(0.875)
+    assert loss.item() == pytest.approx(2.5 / 3)
     per_image = RankingLoss(margin=1.0, reduction="none")(logits, targets)
-    assert per_image.tolist() == pytest.approx([1.0, 0.75, 0.0])
+    assert per_image.tolist() == pytest.approx([1.0, 1.5, 0.0])
+    assert RankingLoss(margin=1.0, normalize="pairs")(logits, targets).item() == pytest.approx(0.875)
+    per_pair = RankingLoss(margin=1.0, reduction="none", normalize="pairs")(logits, targets)
+    assert per_pair.tolist() == pytest.approx([1.0, 0.75, 0.0])
+
+
+def test_reference_formula_mkt_style():
+    """BiAM/MKT's ranking loss written from its formula with masks (another route than
+    both the loop and our code): sum of clamp(mask * (1 + s_neg - s_pos), 0) over pairs,
+    divided by the count of positive entries, mean over the batch."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(-1, 2, (6, 8), generator=g)
+    y[2] = 0
+    pos, neg = (y == 1).double(), (y == -1).double()
+    mask = pos[:, None, :] * neg[:, :, None]  # [b, j (neg), i (pos)]
+    o = (mask * (1 + s[:, :, None] - s[:, None, :])).clamp_min(0)
+    want = (o.sum((1, 2)) / (torch.sign(o).sum((1, 2)) + 1e-12)).mean()
+    assert RankingLoss()(s, y).item() == pytest.approx(want.item(), rel=1e-9)
+    assert RankingLoss(normalize="pairs")(s, y).item() != pytest.approx(want.item(), rel=1e-3)
 
 
 def test_hand_computed_softplus_and_margin():
     logits = torch.tensor([[0.5, 1.0, 0.0]])
     targets = torch.tensor([[1, -1, -1]])
     want = (math.log1p(math.exp(0.2 - 0.5 + 1.0)) + math.log1p(math.exp(0.2 - 0.5))) / 2
-    got = RankingLoss(margin=0.2, kind="softplus")(logits, targets)
+    got = RankingLoss(margin=0.2, kind="softplus", normalize="pairs")(logits, targets)
     assert got.item() == pytest.approx(want, rel=1e-6)
+    # "violating": one of the two pairs has margin - s_pos + s_neg > 0
+    got = RankingLoss(margin=0.2, kind="softplus")(logits, targets)
+    assert got.item() == pytest.approx(want * 2 / 1, rel=1e-6)
 
 
 def test_satisfied_margins_give_zero():
@@ -48,15 +82,17 @@ def test_satisfied_margins_give_zero():
     assert RankingLoss(margin=1.0)(logits, targets).item() == 0.0
 
 
-def test_matches_naive_loop_on_random_data():
+@pytest.mark.parametrize("normalize", ["violating", "pairs"])
+def test_matches_naive_loop_on_random_data(normalize):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(7, 9, generator=g, dtype=torch.float64)
     targets = torch.randint(-1, 2, (7, 9), generator=g)
     targets[3] = 1  # an image with no negative
     targets[4] = 0  # an image with nothing known
     for kind in ("hinge", "softplus"):
-        got = RankingLoss(margin=0.7, kind=kind)(logits, targets).item()
-        assert got == pytest.approx(naive_ranking(logits, targets, 0.7, kind == "softplus"), rel=1e-10)
+        got = RankingLoss(margin=0.7, kind=kind, normalize=normalize)(logits, targets).item()
+        want = naive_ranking(logits, targets, 0.7, kind == "softplus", normalize)
+        assert got == pytest.approx(want, rel=1e-10)
 
 
 def test_no_pairs_is_zero_and_backward_works():
@@ -69,10 +105,17 @@ def test_no_pairs_is_zero_and_backward_works():
 
 
 def test_gradient_hand_computed():
-    logits = torch.tensor([[0.5, 1.0, 0.0]], requires_grad=True)
-    RankingLoss(margin=1.0)(logits, torch.tensor([[1, -1, -1]])).backward()
-    # loss = ((1.5 - ... ) both pairs active) / 2: d/ds0 = -1, d/ds1 = d/ds2 = 1/2
-    assert logits.grad.tolist() == [[-1.0, 0.5, 0.5]]
+    logits = torch.tensor([[0.5, 1.0, 0.0], [2.0, 0.5, 1.0]], requires_grad=True)
+    targets = torch.tensor([[1, -1, -1], [1, 1, -1]])
+    RankingLoss(margin=1.0)(logits, targets).backward()
+    # violating, mean over 2 images: image 0 = (h01 + h02) / 2, both active:
+    #   d/ds0 = -1/2, d/ds1 = d/ds2 = 1/4 ; image 1 = h12 / 1 (h02 = 0 exactly, inactive):
+    #   d/ds1 = -1/2, d/ds2 = +1/2
+    assert logits.grad.tolist() == [[-0.5, 0.25, 0.25], [0.0, -0.5, 0.5]]
+    logits.grad = None
+    RankingLoss(margin=1.0, normalize="pairs")(logits, targets).backward()
+    # pairs: image 1 = (h02 + h12) / 2 -> d/ds1 = -1/4, d/ds2 = +1/4
+    assert logits.grad.tolist() == [[-0.5, 0.25, 0.25], [0.0, -0.25, 0.25]]
 
 
 def test_unknown_entries_are_ignored():
@@ -91,6 +134,8 @@ def test_errors():
         RankingLoss(kind="cubic")
     with pytest.raises(ConfigError):
         RankingLoss(margin="wide")
+    with pytest.raises(ConfigError):
+        RankingLoss(normalize="images")
 
 
 def test_registry_builds_it():
@@ -98,6 +143,7 @@ def test_registry_builds_it():
 
     loss = build_loss("ranking", margin=0.5)
     assert isinstance(loss, RankingLoss) and loss.margin == 0.5
+    assert build_loss("ranking").normalize == "violating" and build_loss("ranking").margin == 1.0
     # the registry's uniform call: extra keyword arguments are accepted
     out = loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[1, -1]]), index=torch.tensor([0]), epoch=0)
     assert out.item() == pytest.approx(0.0)

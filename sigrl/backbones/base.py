@@ -9,9 +9,15 @@ Data flow (DESIGN.md section 2)::
     PIL image --preprocess--> (3, H, W) --encode_images--> g (B, D), L (B, P, D)
     label text --prompts--> strings --encode_texts--> T (C, D)
 
-All three outputs live in the joint embedding space of width ``D = embed_dim`` and are
-L2-normalised along the last axis. Local tokens are the ViT patch tokens after the final
-layer norm and the *same* visual projection as the class token.
+All three outputs live in the joint embedding space of width ``D = embed_dim``. The
+global embedding ``g`` and the text embeddings ``T`` are L2-normalised along the last
+axis; the local tokens ``L`` are **raw**: the ViT patch tokens after the final layer norm
+and the *same* visual projection as the class token, not normalised (the reference
+SigRL/MKT code feeds ``x[:, 1:] @ proj`` as it is into SVFR and into the top-k). Every
+consumer that wants cosines of patches normalises them itself (the heads' preset "ours",
+``match_scores(combine="softmax")``). The feature cache stores exactly what
+``encode_images`` returns (cache format version 2; version-1 caches held normalised
+tokens and are rebuilt).
 """
 from __future__ import annotations
 
@@ -82,7 +88,8 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pixels: (B, 3, H, W) -> (global (B, D), local (B, P, D)), both L2-normalised."""
+        """pixels: (B, 3, H, W) -> (global (B, D) L2-normalised, local (B, P, D) raw
+        projected patch tokens, not normalised), both float32."""
         raise NotImplementedError
 
     # -- text -----------------------------------------------------------------------------

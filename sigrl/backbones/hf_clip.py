@@ -5,7 +5,8 @@ not fail, it returns a useless tokenizer with a couple of tokens. We check the v
 size against the text model's and refuse clearly.
 
 Local tokens: the vision transformer's patch tokens (``last_hidden_state[:, 1:]``) go
-through the same ``post_layernorm`` and ``visual_projection`` as the class token.
+through the same ``post_layernorm`` and ``visual_projection`` as the class token, and are
+returned raw (not normalised; see :mod:`.base`).
 
 Hostile weights: a directory without ``*.safetensors`` is loaded from its
 ``pytorch_model*.bin`` files, which are pickles. Before ``transformers`` sees them, each
@@ -49,7 +50,7 @@ class HFClipBackbone(Backbone):
         hidden = vm(pixel_values=pixels.to(self.device)).last_hidden_state  # (B, 1+P, W)
         normed = vm.post_layernorm(hidden)
         proj = self.model.visual_projection(normed)
-        return F.normalize(proj[:, 0].float(), dim=-1), F.normalize(proj[:, 1:].float(), dim=-1)
+        return F.normalize(proj[:, 0].float(), dim=-1), proj[:, 1:].float()  # local tokens raw
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(list(texts), padding="max_length", truncation=True,

@@ -11,7 +11,8 @@ A JSON config is either open_clip's model config (``{"embed_dim", "vision_cfg",
 
 Local tokens: with ``visual.output_tokens = True`` open_clip's ViT returns the patch
 tokens after ``ln_post`` but *before* the projection; we multiply them by
-``visual.proj`` so they live in the same joint space as the pooled class token.
+``visual.proj`` so they live in the same joint space as the pooled class token, and
+return them raw (not normalised; see :mod:`.base`).
 """
 from __future__ import annotations
 
@@ -114,10 +115,11 @@ class OpenClipBackbone(Backbone):
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pixels (B, 3, H, W) -> global (B, D), local (B, P, D), L2-normalised."""
+        """pixels (B, 3, H, W) -> global (B, D) L2-normalised, local (B, P, D) raw (the
+        ``ln_post`` patch tokens times ``visual.proj``, not normalised)."""
         pooled, tokens = self.model.visual(pixels.to(self.device))
         local = tokens @ self.model.visual.proj
-        return F.normalize(pooled.float(), dim=-1), F.normalize(local.float(), dim=-1)
+        return F.normalize(pooled.float(), dim=-1), local.float()
 
     # -- text -----------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:

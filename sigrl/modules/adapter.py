@@ -3,25 +3,33 @@
 What a simple trained head gets without a label graph or a reconstruction (DESIGN.md
 section 6; the demo table shows it between CLIP matching and SigRL)::
 
-    g'    = normalize(g + MLP_g(g))                     adapted global embedding
-    L'_p  = normalize(L_p + MLP_l(L_p))                 adapted patch tokens
+    g'    = normalize(g' + MLP_g(g')),  g' = normalize(g)       adapted global embedding
+    L'_p  = L_p + MLP_l(L_p)                 combine="l2": raw tokens, as CLIP matching's rule
+    L'_p  = normalize(l_p + MLP_l(l_p)), l_p = normalize(L_p)   other combines
     MLP(x) = W_b gelu(W_a x + a) + b                    (D -> hidden -> D)
     s_g[b, c] = <g'_b, T_c>,  s_l[b, c] = mean of the top-k over p of <L'_bp, T_c>
-    logits = log((softmax_C(scale s_l) + softmax_C(scale s_g)) / 2)   (as SigRLHead)
+    logits = combine(s_l, s_g)                          (sigrl.modules.scoring)
+
+``combine="softmax"`` (default; the adapter is our own head, not a paper's):
+``log((softmax_C(scale s_l) + softmax_C(scale s_g)) / 2)`` with scale 100;
+``combine="l2"``: ``scale (s_l/||s_l|| + s_g/||s_g||) / 2`` with scale 1, the reference
+CLIP matching rule on raw tokens.
 
 The label side is untouched (the frozen text embeddings T), so any label set works at any
 call and no parameter depends on C. The second layer of each MLP starts at zero: an
-untrained adapter head scores exactly like CLIP local+global matching
-(``exp(logits) == match_scores(g, L, T, tau=1/scale)``).
+untrained adapter head scores exactly like CLIP local+global matching under the same rule
+(``exp(logits) == match_scores(g, L, T, combine="softmax", tau=1/scale)``;
+``logits == match_scores(g, L, T, combine="l2")`` with scale 1).
 
 Shapes:
-    - **input:** ``global_feats`` (B, D), ``local_feats`` (B, P, D) (may be None when
-      mode="global"), ``label_emb`` (C, D)
+    - **input:** ``global_feats`` (B, D), ``local_feats`` (B, P, D) raw tokens (may be
+      None when mode="global"), ``label_emb`` (C, D)
     - **output:** ``logits`` (B, C); with ``return_extras=True`` also a dict with
       ``local`` s_l (B, C) (None when mode="global"), ``global`` s_g (B, C),
       ``global_feats`` g' (B, D), ``local_feats`` L' (B, P, D), ``label_feats`` F (B, C, D)
-      (F[b, c] = sum_p softmax_p(scale <L'_bp, T_c>) L'_bp, the patches attention-pooled
-      for each label; what the conditional-transport loss aligns), ``scale``
+      (F[b, c] = sum_p softmax_p(t <L'_bp / |L'_bp|, T_c>) L'_bp, the patches
+      attention-pooled for each label, t = scale, or 100 under "l2"; what the
+      conditional-transport loss aligns), ``scale``
 """
 from __future__ import annotations
 
@@ -30,18 +38,22 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from sigrl.errors import ConfigError
-from sigrl.modules.head import (COMBINES, LogitBias, LogitScale, _check_choice, _ConfigMixin, check_features,
-                                combine_scores)
 from sigrl.modules.matching import MODES, global_scores, local_scores
+from sigrl.modules.scoring import (COMBINES, LogitBias, LogitScale, _check_choice, _ConfigMixin, check_features,
+                                   combine_scores, default_logit_scale)
+
+#: the attention temperature of ``label_feats`` under combine="l2" (whose scale is 1)
+POOL_SCALE_L2 = 100.0
 
 
 class ResidualMLP(nn.Module):
-    """``normalize(x + W_b gelu(W_a x + a) + b)`` over the last axis; the second layer
-    starts at zero (identity map up to the normalisation).
+    """``normalize(x + W_b gelu(W_a x + a) + b)`` over the last axis (``normalize=False``
+    in :meth:`forward`: without the normalisation); the second layer starts at zero
+    (identity map up to the normalisation).
 
     Shapes:
         - **input:** (..., D)
-        - **output:** (..., D), L2-normalised
+        - **output:** (..., D), L2-normalised unless ``normalize=False``
     """
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
@@ -52,8 +64,9 @@ class ResidualMLP(nn.Module):
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return Fn.normalize(x + self.fc2(self.drop(Fn.gelu(self.fc1(x)))), dim=-1)
+    def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        y = x + self.fc2(self.drop(Fn.gelu(self.fc1(x))))
+        return Fn.normalize(y, dim=-1) if normalize else y
 
 
 class AdapterHead(_ConfigMixin, nn.Module):
@@ -66,7 +79,10 @@ class AdapterHead(_ConfigMixin, nn.Module):
         mode: "local+global", "global" or "local".
         shared: one MLP for global and local features (default: one each).
         dropout: dropout inside the MLPs.
-        logit_scale, learn_logit_scale, logit_bias, combine: as in :class:`~sigrl.modules.head.SigRLHead`.
+        logit_scale, learn_logit_scale, logit_bias: as in :class:`~sigrl.modules.head.SigRLHead`
+            (``logit_scale`` None: 1 for combine "l2", 100 otherwise).
+        combine: "softmax" (default), "l2" (the reference CLIP matching rule, raw local
+            tokens) or "mean".
     """
 
     _CONFIG_KEYS = ("embed_dim", "hidden", "top_k", "mode", "shared", "dropout", "logit_scale",
@@ -81,7 +97,7 @@ class AdapterHead(_ConfigMixin, nn.Module):
         mode: str = "local+global",
         shared: bool = False,
         dropout: float = 0.0,
-        logit_scale: float = 100.0,
+        logit_scale: float | None = None,
         learn_logit_scale: bool = False,
         logit_bias: float | None = None,
         combine: str = "softmax",
@@ -97,6 +113,7 @@ class AdapterHead(_ConfigMixin, nn.Module):
             raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
         _check_choice("mode", mode, MODES)
         _check_choice("combine", combine, COMBINES)
+        logit_scale = default_logit_scale(combine) if logit_scale is None else logit_scale
         self.embed_dim, self.hidden, self.top_k, self.mode = embed_dim, hidden, top_k, mode
         self.shared, self.dropout, self.combine = bool(shared), float(dropout), combine
         self.scale = LogitScale(logit_scale, learn_logit_scale)
@@ -121,7 +138,11 @@ class AdapterHead(_ConfigMixin, nn.Module):
         L = s_l = None
         if self.mode != "global" or (return_extras and local_feats is not None):
             adapter = self.global_adapter if self.local_adapter is None else self.local_adapter
-            L = adapter(Fn.normalize(local_feats.to(device=p.device, dtype=p.dtype), dim=-1))
+            L = local_feats.to(device=p.device, dtype=p.dtype)
+            if self.combine == "l2":  # raw tokens, as the reference CLIP matching
+                L = adapter(L, normalize=False)
+            else:
+                L = adapter(Fn.normalize(L, dim=-1))
             s_l = local_scores(L, T, self.top_k)
         s_g = global_scores(g, T)
         scale = self.scale()
@@ -130,7 +151,8 @@ class AdapterHead(_ConfigMixin, nn.Module):
             return logits
         F = None
         if L is not None:  # label-specific features: each label's attention-pooled patches
-            attn = torch.softmax(scale * torch.einsum("bpd,cd->bcp", Fn.normalize(L, dim=-1), T), dim=-1)
+            t = POOL_SCALE_L2 if self.combine == "l2" else scale
+            attn = torch.softmax(t * torch.einsum("bpd,cd->bcp", Fn.normalize(L, dim=-1), T), dim=-1)
             F = torch.einsum("bcp,bpd->bcd", attn, L)
         return logits, {"local": s_l, "global": s_g, "global_feats": g, "local_feats": L, "label_feats": F,
                         "scale": scale}

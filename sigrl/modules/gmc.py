@@ -50,9 +50,22 @@ concatenated) and a bias-free linear map brings the result back to D. The last m
 starts at zero, so an untrained GMC returns ``T`` exactly (``zero_init=False`` to turn
 this off).
 
-Where we differ from the reference SigRL code: the reference runs GATv2 (4 heads, hidden
-128) over an implicit complete graph; here the graph is an explicit input (complete, k-NN
-or co-occurrence) and the layer kind is a choice.
+Two label-graph modules:
+
+- :class:`ReferenceGMC` is the reference's (MVL-Lab/SigRL ``OV/models/clip_vit.py``,
+  ``GATv2_1`` = ``models/graphs/gatv2/experiment.py`` ``GATv2``, a labml GATv2 with
+  ``share_weights=True``)::
+
+      h   = elu(GATv2_4heads(dropout(T)))       4 heads x 32 channels = hidden 128, concatenated
+      T_g = GATv2_1head(dropout(h))             one head, hidden -> D (the "back to D" layer)
+
+  source and target weights shared (``W_l = W_r``), no biases, dropout 0.3 on the input,
+  between the layers and on the attention coefficients, complete graph with self-loops,
+  no residual, no normalisation of ``T_g``. Built on PyG ``GATv2Conv(share_weights=True,
+  bias=False)``, which computes the labml layer's formula.
+- :class:`GMC` is ours: two GATv2 (separate source/target weights) or GCN layers of
+  width ``hidden``, a zero-initialised linear map back to D and a residual,
+  ``T_g = normalize(T + GNN(T))``, on any explicit graph (k-NN by default in the head).
 
 Inductive and permutation-equivariant: no parameter depends on the number of labels C,
 any label set works at any call, and permuting the labels (with their graph) permutes
@@ -278,14 +291,14 @@ def dense_gatv2(conv: GATv2Conv, x: torch.Tensor, adj: torch.Tensor, *, block: i
 
     ``out_i = mean or concat over heads of sum_j alpha_ij x_l[j] + bias``, where
     ``alpha_ij = softmax over j in N(i) + {i} of att . leaky_relu(x_r[i] + x_l[j])``,
-    ``x_l = lin_l(x)``, ``x_r = lin_r(x)``. Targets are processed ``block`` at a time
+    ``x_l = lin_l(x)``, ``x_r = lin_r(x)`` (the same map with ``share_weights``). Targets are processed ``block`` at a time
     (recomputed in backward) so memory is O(block * C * heads * channels); ``None`` picks
     blocks of about 2**20 numbers for inference and 2**22 with autograd (the fastest here).
 
     x: (C, F_in), adj: (C, C) with ``adj[j, i] > 0`` for an edge j -> i -> (C, F_out).
     """
-    if conv.edge_dim is not None or conv.res is not None or conv.share_weights:
-        raise UsageError("dense_gatv2 supports GATv2Conv without edge_dim, residual or share_weights")
+    if conv.edge_dim is not None or conv.res is not None:
+        raise UsageError("dense_gatv2 supports GATv2Conv without edge_dim or residual")
     C = x.shape[0]
     H, Ch = conv.heads, conv.out_channels
     x_l = conv.lin_l(x).view(C, H, Ch)
@@ -310,6 +323,17 @@ def dense_gatv2(conv: GATv2Conv, x: torch.Tensor, adj: torch.Tensor, *, block: i
     return out
 
 
+def _drop_shared_keys(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + "conv.lin_r.")]:
+        del state_dict[key]
+
+
+def _fill_shared_keys(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    src = prefix + "conv.lin_l."
+    for key in [k for k in state_dict if k.startswith(src)]:
+        state_dict.setdefault(prefix + "conv.lin_r." + key[len(src):], state_dict[key])
+
+
 class GraphLayer(nn.Module):
     """One message-passing layer with a sparse and a dense path over the same parameters.
 
@@ -318,7 +342,8 @@ class GraphLayer(nn.Module):
         - **output:** (C, F_out)
     """
 
-    def __init__(self, kind: str, in_dim: int, out_dim: int, *, heads: int = 1):
+    def __init__(self, kind: str, in_dim: int, out_dim: int, *, heads: int = 1, share_weights: bool = False,
+                 bias: bool = True, dropout: float = 0.0):
         super().__init__()
         self.kind = kind
         if kind == "gcn":
@@ -326,7 +351,13 @@ class GraphLayer(nn.Module):
         elif kind == "gatv2":
             if out_dim % heads:
                 raise UsageError(f"GATv2 layer width {out_dim} must be divisible by heads={heads}")
-            self.conv = GATv2Conv(in_dim, out_dim // heads, heads=heads, concat=True)
+            self.conv = GATv2Conv(in_dim, out_dim // heads, heads=heads, concat=True, share_weights=share_weights,
+                                  bias=bias, dropout=dropout)
+            if share_weights:
+                # lin_r IS lin_l: keep one copy in the state dict (safetensors refuses tensors
+                # that share memory) and refill lin_r's keys from lin_l's when loading.
+                self.register_state_dict_post_hook(_drop_shared_keys)
+                self.register_load_state_dict_pre_hook(_fill_shared_keys)
         else:
             raise UsageError(f"unknown gnn {kind!r}; choose one of {', '.join(GNNS)}")
 
@@ -407,3 +438,52 @@ class GMC(nn.Module):
         if self.out_proj is not None:
             h = self.out_proj(h)
         return Fn.normalize(T + h, dim=-1)
+
+
+class ReferenceGMC(nn.Module):
+    """The reference SigRL label graph: a two-layer GATv2 with shared weights, no residual.
+
+    ``T_g = GATv2_out(dropout(elu(GATv2_in(dropout(T)))))`` where ``GATv2_in`` has ``heads``
+    heads of ``hidden // heads`` channels (concatenated, width ``hidden``) and
+    ``GATv2_out`` one head of width D. In each layer, for target i and source j in
+    N(i) + {i}::
+
+        e_ij   = a . leaky_relu_0.2(W x_i + W x_j)        (per head; W shared by source and target)
+        alpha  = softmax over j of e_ij,   dropout on alpha
+        out_i  = sum_j alpha_ij W x_j                      (heads concatenated; no bias)
+
+    Args:
+        embed_dim: D.
+        hidden: width of the first layer (all heads together; 128 in the reference).
+        heads: heads of the first layer (4 in the reference).
+        dropout: on the input, between the layers and on the attention (0.3).
+        dense: "auto" (dense path on dense graphs), True or False, as in :class:`GMC`.
+
+    Shapes:
+        - **input:** ``T`` (C, D), a :class:`LabelGraph` over C nodes (the reference:
+          the complete graph; self-loops are added by the layers)
+        - **output:** ``T_g`` (C, D), not normalised
+    """
+
+    def __init__(self, embed_dim: int, *, hidden: int = 128, heads: int = 4, dropout: float = 0.3,
+                 dense: bool | str = "auto", dense_threshold: float = 0.1):
+        super().__init__()
+        if dense not in ("auto", True, False):
+            raise UsageError(f"ReferenceGMC: dense must be 'auto', True or False, got {dense!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise UsageError(f"ReferenceGMC: dropout must be in [0, 1), got {dropout!r}")
+        self.dense, self.dense_threshold, self.dropout = dense, float(dense_threshold), float(dropout)
+        kw = dict(share_weights=True, bias=False, dropout=self.dropout)
+        self.layer1 = GraphLayer("gatv2", embed_dim, hidden, heads=heads, **kw)
+        self.layer2 = GraphLayer("gatv2", hidden, embed_dim, heads=1, **kw)
+
+    use_dense = GMC.use_dense
+
+    def forward(self, T: torch.Tensor, graph: LabelGraph) -> torch.Tensor:
+        if T.dim() != 2 or graph.num_nodes != T.shape[0]:
+            raise UsageError(f"GMC: label embeddings {tuple(T.shape)} and a graph over {graph.num_nodes} labels do not match")
+        dense = self.use_dense(graph)
+        h = Fn.dropout(T, self.dropout, self.training)
+        h = Fn.elu(self.layer1(h, graph, dense))
+        h = Fn.dropout(h, self.dropout, self.training)
+        return self.layer2(h, graph, dense)

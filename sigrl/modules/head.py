@@ -1,49 +1,63 @@
 """The SigRL head: GMC + SVFR + local/global matching (DESIGN.md sections 2 and 3).
 
-On frozen backbone features of a batch and the embeddings of any label set::
+On backbone features of a batch (the global embedding ``g`` and the *raw* projected patch
+tokens ``L``, as :meth:`~sigrl.backbones.base.Backbone.encode_images` returns them) and
+the embeddings ``T`` of any label set (``g`` and ``T`` are L2-normalised inside)::
 
     graph = the label graph of this call (complete, k-NN or co-occurrence)
     T_g   = GMC(T, graph)                                    graph-refined label embeddings
-    R, F  = SVFR(L, T, T_g)                                  reconstructed tokens, label features
-    s_l[b, c] = mean of the top-k over p of <R_bp / |R_bp|, T_c>     local score
-    s_g[b, c] = <g_b, T_c>                                           global score
-    logits = log((softmax_C(scale s_l) + softmax_C(scale s_g)) / 2)  combine="softmax"
+    R, F  = SVFR(L', T, T_g)                                 reconstructed tokens, label features
+    s_l[b, c] = mean of the top-k over p of <R'_bp, T_c>     local score
+    s_g[b, c] = <g_b, T_c>                                   global score
+    logits    = combine(s_l, s_g)                            (sigrl.modules.scoring)
 
-so ``exp(logits)`` is exactly DESIGN.md's score ``(norm_C(s_l) + norm_C(s_g)) / 2`` with
-``tau = 1 / scale`` (:func:`sigrl.modules.matching.match_scores` applied to R). The
-logits are log-probabilities over the label set of each image: their per-image ranking
-and their ranking of images for a label are those of the score, and a ranking loss can
-train on them. ``combine="mean"`` gives raw ``scale * (s_l + s_g) / 2`` instead.
+Two presets (``preset=``), each a complete recipe; the named options below override its
+defaults where they are compatible with it:
+
+``"reference"`` (default) -- what the reference forward computes (MVL-Lab/SigRL
+``OV/models/clip_vit.py`` ``CLIPVIT.forward``): ``L' = L`` raw tokens into SVFR,
+``R' = R`` raw into the top-16, ``combine="l2"``:
+``logits = scale * (s_l/||s_l||_2 + s_g/||s_g||_2) / 2`` over the labels of each image,
+scale 1 by default (logits in [-1, 1], the scores the reference trains with a margin-1
+ranking loss), and GMC = :class:`~sigrl.modules.gmc.ReferenceGMC` (GATv2, shared
+source/target weights, 4 heads x 32 channels concatenated, ELU, a one-head GATv2 layer
+back to D, dropout 0.3, complete graph with self-loops, no residual).
+
+``"ours"`` -- the toolkit's own variant: ``L' = L / ||L_p||`` and ``R' = R / ||R_p||``
+(per-patch L2 normalisation, so every local score is a cosine),
+``combine="softmax"``: ``logits = log((softmax_C(scale s_l) + softmax_C(scale s_g)) / 2)``
+with scale 100 (log-probabilities over the labels, <= 0), GMC =
+:class:`~sigrl.modules.gmc.GMC` (two GATv2 layers with separate weights, a zero-initialised
+map back to D and a residual, ``T_g = normalize(T + GNN(T))``) on the k-NN label graph.
+``combine="mean"`` gives raw ``scale * (s_l + s_g) / 2``.
+
 ``mode="global"`` / ``"local"`` keep one of the two parts.
 
-Scores use the text embeddings ``T``, not ``T_g`` (``score_with="text"``, the default):
-R is a re-weighting of the frozen patch tokens, so it stays in the CLIP joint space that
-T lives in, and T is the same anchor for seen and unseen labels, whereas GMC is trained
-on seen labels only and could move the unseen anchors. The graph still shapes every
-score through ``U = W2 [F'; T_g]`` in the reconstruction. ``score_with="graph"`` scores
-with ``T_g``.
+Scores use the text embeddings ``T``, not ``T_g`` (``score_with="text"``, the default and
+the reference's choice): R is a re-weighting of the frozen patch tokens, so it stays in
+the CLIP joint space that T lives in, and T is the same anchor for seen and unseen
+labels, whereas GMC is trained on seen labels only and could move the unseen anchors.
+The graph still shapes every score through ``U = W2 [F'; T_g]`` in the reconstruction.
+``score_with="graph"`` scores with ``T_g`` (L2-normalised for scoring).
 
 The head never touches a backbone, works for any number of labels C at any call, and has
 no parameter whose shape depends on C. The only C-sized tensors it may hold are the
 label prior buffers (``prior_counts`` (C', C'), ``prior_label_counts`` (C',)) set by
 :meth:`SigRLHead.set_label_prior` for ``graph="cooc"``; their label names go into
 ``head.config``, so ``SigRLHead.from_config(head.config)`` followed by
-``load_state_dict`` rebuilds an identical head.
-
-Where we differ from the reference SigRL code: the label graph is an explicit input
-(see :mod:`sigrl.modules.gmc`) instead of GATv2 attention over an implicit complete
-graph, and SVFR's interaction step uses per-image norms (see :mod:`sigrl.modules.svfr`).
+``load_state_dict`` rebuilds an identical head. A config without ``preset`` (written
+before presets existed) is read as ``preset="ours"``, the behaviour it was saved with.
 
 Shapes:
-    - **input:** ``global_feats`` (B, D), ``local_feats`` (B, P, D), ``label_emb`` (C, D);
-      all are L2-normalised inside (idempotent) and moved to the head's device and dtype
+    - **input:** ``global_feats`` (B, D), ``local_feats`` (B, P, D) raw tokens,
+      ``label_emb`` (C, D); moved to the head's device and dtype
     - **output:** ``logits`` (B, C); with ``return_extras=True`` also a dict with
-      ``label_feats`` F (B, C, D), ``label_graph_feats`` T_g (C, D), ``recon`` R (B, P, D),
+      ``label_feats`` F (B, C, D), ``label_graph_feats`` T_g (C, D), ``recon`` R (B, P, D)
+      (as used in the top-k: raw for "reference", normalised per patch for "ours"),
       ``local`` s_l (B, C), ``global`` s_g (B, C), ``graph`` (a LabelGraph), ``scale``
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -51,162 +65,23 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from sigrl.errors import CheckpointError, ConfigError, DataError, UsageError
-from sigrl.modules.gmc import GMC, GNNS, GRAPHS, LabelGraph, build_graph
+from sigrl.modules.gmc import GMC, GNNS, GRAPHS, LabelGraph, ReferenceGMC, build_graph
 from sigrl.modules.matching import MODES, global_scores, local_scores
+from sigrl.modules.scoring import (COMBINES, LogitBias, LogitScale, _check_choice, _ConfigMixin, check_features,
+                                   combine_scores, default_logit_scale)
 from sigrl.modules.svfr import SVFR
 
-COMBINES = ("softmax", "mean")
 SCORE_WITH = ("text", "graph")
-MAX_LOGIT_SCALE = 100.0
-
-
-# ----------------------------------------------------------------------------- shared
-def combine_scores(s_l: torch.Tensor | None, s_g: torch.Tensor | None, scale: torch.Tensor | float,
-                   *, mode: str = "local+global", combine: str = "softmax") -> torch.Tensor:
-    """Turn the local and global cosine scores (B, C) into logits (B, C).
-
-    combine="softmax": ``log((softmax_C(scale s_l) + softmax_C(scale s_g)) / 2)`` (one
-    part alone: its ``log_softmax``); combine="mean": ``scale (s_l + s_g) / 2``.
-    """
-    if mode == "global":
-        parts = [s_g]
-    elif mode == "local":
-        parts = [s_l]
-    else:
-        parts = [s_l, s_g]
-    if combine == "mean":
-        return scale * sum(parts) / len(parts)
-    logps = [torch.log_softmax(scale * s, dim=-1) for s in parts]
-    if len(logps) == 1:
-        return logps[0]
-    return torch.logaddexp(logps[0], logps[1]) - math.log(2.0)
-
-
-def check_features(who: str, embed_dim: int, global_feats, local_feats, label_emb, *, need_local: bool):
-    """Validate the shapes of a head's inputs (raises UsageError naming the input)."""
-    if not isinstance(global_feats, torch.Tensor) or global_feats.dim() != 2:
-        raise UsageError(f"{who}: global_feats must be a (B, D) tensor, got {_shape(global_feats)}")
-    B, D = global_feats.shape
-    if D != embed_dim:
-        raise UsageError(f"{who}: global_feats has width {D} but the head was built for embed_dim={embed_dim}")
-    if not isinstance(label_emb, torch.Tensor) or label_emb.dim() != 2 or label_emb.shape[1] != D:
-        raise UsageError(f"{who}: label_emb must be a (C, {D}) tensor, got {_shape(label_emb)}")
-    if label_emb.shape[0] < 1:
-        raise UsageError(f"{who}: label_emb is empty; pass at least one label")
-    if local_feats is None:
-        if need_local:
-            raise UsageError(f"{who}: local_feats (B, P, D) are needed unless mode='global'")
-        return
-    if (not isinstance(local_feats, torch.Tensor) or local_feats.dim() != 3 or local_feats.shape[0] != B
-            or local_feats.shape[2] != D or local_feats.shape[1] < 1):
-        raise UsageError(f"{who}: local_feats must be a ({B}, P, {D}) tensor, got {_shape(local_feats)}")
-
-
-def _shape(x) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-
-
-class LogitScale(nn.Module):
-    """The scale applied to cosine scores: fixed (a float in the config, no tensor) or
-    learnable (parameter ``log_scale``, the scale clamped to at most 100 as in CLIP so a
-    margin loss cannot win by inflating it)."""
-
-    def __init__(self, init: float = 100.0, learn: bool = False):
-        super().__init__()
-        if not (init > 0 and math.isfinite(init)):
-            raise ConfigError(f"logit_scale must be a positive number, got {init}")
-        self.init = float(init)
-        self.learn = bool(learn)
-        if self.learn:
-            self.log_scale = nn.Parameter(torch.tensor(math.log(self.init)))
-
-    def forward(self) -> torch.Tensor | float:
-        if self.learn:
-            return self.log_scale.exp().clamp(max=max(MAX_LOGIT_SCALE, self.init))
-        return self.init
-
-
-class LogitBias(nn.Module):
-    """An optional learnable scalar added to every logit (None: no bias, no parameter).
-
-    It shifts all labels of all images alike, so every ranking (per image and per label,
-    hence mAP and top-k) is unchanged; what it changes is the sigmoid a BCE-type loss puts
-    on the logits. With ``combine="softmax"`` the logits are log-probabilities (<= 0), so
-    sigmoid(logit) <= 0.5 and a positive can never be fitted; a bias lets it. Like
-    SigLIP's learnable logit bias."""
-
-    def __init__(self, init: float | None = None):
-        super().__init__()
-        if init is not None and not math.isfinite(float(init)):
-            raise ConfigError(f"logit_bias must be a finite number or null, got {init!r}")
-        self.init = None if init is None else float(init)
-        self.bias = nn.Parameter(torch.tensor(self.init)) if self.init is not None else None
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.bias is None else logits + self.bias
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+PRESETS = ("reference", "ours")
+#: the defaults each preset gives to the options left as None
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "reference": {"gnn": "gatv2", "graph": "complete", "combine": "l2", "gmc_dropout": 0.3},
+    "ours": {"gnn": "gatv2", "graph": "knn", "combine": "softmax", "gmc_dropout": 0.0},
+}
 
 
 def _name_key(name: str) -> str:
     return " ".join(str(name).strip().lower().split())
-
-
-class _ConfigMixin:
-    """``config`` (JSON-able dict) and ``from_config``: ``cls.from_config(head.config)``
-    builds the same architecture; ``load_state_dict`` then restores the weights."""
-
-    _CONFIG_KEYS: tuple[str, ...] = ()
-
-    # config values that live on the LogitScale sub-module ``self.scale``
-    @property
-    def logit_scale(self) -> float:
-        return self.scale.init
-
-    @property
-    def learn_logit_scale(self) -> bool:
-        return self.scale.learn
-
-    @property
-    def logit_bias(self) -> float | None:
-        return self.bias.init
-
-    @property
-    def config(self) -> dict[str, Any]:
-        cfg = {"type": type(self).__name__}
-        cfg.update({k: getattr(self, k) for k in self._CONFIG_KEYS})
-        return cfg
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]):
-        if not isinstance(config, dict):
-            raise ConfigError(f"{cls.__name__}.from_config needs a dict, got {type(config).__name__}")
-        cfg = dict(config)
-        kind = cfg.pop("type", cls.__name__)
-        if kind != cls.__name__:
-            raise ConfigError(f"config is for {kind!r}, not {cls.__name__}; use sigrl.modules.head.head_from_config")
-        unknown = sorted(set(cfg) - set(cls._CONFIG_KEYS))
-        if unknown:
-            raise ConfigError(f"{cls.__name__} config has unknown key(s) {', '.join(unknown)}; "
-                              f"valid: {', '.join(cls._CONFIG_KEYS)}")
-        if "embed_dim" not in cfg:
-            raise ConfigError(f"{cls.__name__} config needs 'embed_dim'")
-        dim = cfg.pop("embed_dim")
-        return cls(dim, **cfg)
-
-
-def head_from_config(config: dict[str, Any]) -> nn.Module:
-    """Build a SigRLHead or AdapterHead from its ``config`` (dispatch on ``config["type"]``)."""
-    from sigrl.modules.adapter import AdapterHead
-
-    heads = {"SigRLHead": SigRLHead, "AdapterHead": AdapterHead}
-    kind = config.get("type") if isinstance(config, dict) else None
-    if kind not in heads:
-        raise ConfigError(f"head config 'type' must be one of {', '.join(heads)}, got {kind!r}")
-    return heads[kind].from_config(config)
 
 
 # ------------------------------------------------------------------------------- head
@@ -215,58 +90,74 @@ class SigRLHead(_ConfigMixin, nn.Module):
 
     Args:
         embed_dim: D, the joint embedding width.
-        gnn: "gcn" or "gatv2" (message-passing layers of GMC).
-        graph: "complete", "knn" or "cooc" (label graph built at every call).
+        preset: "reference" (the reference SigRL forward, default) or "ours" (our
+            variant); see the module docstring. Fixes the token normalisation and the GMC
+            module, and gives the defaults of the options left as None.
+        gnn: "gatv2" or "gcn" (message-passing layers of GMC; "gcn" only with preset "ours").
+        graph: "complete", "knn" or "cooc" (label graph built at every call); default
+            "complete" (reference) / "knn" (ours).
         knn: k of the k-NN graph, and of the text-similarity attachment of unseen labels
             in the co-occurrence graph.
         top_k: patches averaged in the local score (16 in the reference).
         chunk_size: labels per chunk in SVFR (None: chosen from the shapes).
         mode: "local+global", "global" or "local".
-        hidden, heads: GMC hidden width and GATv2 heads.
+        hidden, heads: GMC hidden width and GATv2 heads (128 and 4: the reference).
+        gmc_dropout: dropout of the reference GMC (default 0.3; must be 0 for "ours").
         dense: GMC path, "auto", True or False (see :class:`~sigrl.modules.gmc.GMC`).
         cooc_threshold: co-occurrence edges with weight at or below this are dropped.
-        logit_scale: initial (or fixed) scale of the cosine scores (1 / temperature).
+        logit_scale: initial (or fixed) scale of the combined scores; default 1 for
+            combine "l2", 100 otherwise (:func:`~sigrl.modules.scoring.default_logit_scale`).
         learn_logit_scale: make the scale a parameter (clamped to at most 100).
         logit_bias: None (default) or the initial value of a learnable scalar added to
-            every logit (:class:`LogitBias`; rankings unchanged, lets BCE-type losses fit).
+            every logit (:class:`~sigrl.modules.scoring.LogitBias`; rankings unchanged,
+            lets BCE-type losses fit).
         score_with: "text" (score with T, default) or "graph" (score with T_g).
-        combine: "softmax" (log of DESIGN.md's score) or "mean" (raw scaled cosines).
+        combine: "l2" (reference), "softmax" (ours) or "mean"; see
+            :mod:`sigrl.modules.scoring`.
         naive: SVFR by the plain formulas (memory B*P*C*D; for tests and benchmarks).
         label_prior_names: names of a stored label prior (set by :meth:`set_label_prior`;
             given here only by :meth:`from_config`, which then expects the prior
             tensors from ``load_state_dict``).
     """
 
-    _CONFIG_KEYS = ("embed_dim", "gnn", "graph", "knn", "top_k", "chunk_size", "mode", "hidden", "heads",
-                    "dense", "cooc_threshold", "logit_scale", "learn_logit_scale", "logit_bias", "score_with",
-                    "combine",
-                    "naive", "label_prior_names")
+    _CONFIG_KEYS = ("embed_dim", "preset", "gnn", "graph", "knn", "top_k", "chunk_size", "mode", "hidden",
+                    "heads", "gmc_dropout", "dense", "cooc_threshold", "logit_scale", "learn_logit_scale",
+                    "logit_bias", "score_with", "combine", "naive", "label_prior_names")
 
     def __init__(
         self,
         embed_dim: int,
         *,
-        gnn: str = "gatv2",
-        graph: str = "knn",
+        preset: str = "reference",
+        gnn: str | None = None,
+        graph: str | None = None,
         knn: int = 8,
         top_k: int = 16,
         chunk_size: int | None = None,
         mode: str = "local+global",
         hidden: int = 128,
         heads: int = 4,
+        gmc_dropout: float | None = None,
         dense: bool | str = "auto",
         cooc_threshold: float = 0.0,
-        logit_scale: float = 100.0,
+        logit_scale: float | None = None,
         learn_logit_scale: bool = False,
         logit_bias: float | None = None,
         score_with: str = "text",
-        combine: str = "softmax",
+        combine: str | None = None,
         naive: bool = False,
         label_prior_names: list[str] | None = None,
     ):
         super().__init__()
         if not isinstance(embed_dim, int) or embed_dim < 1:
             raise ConfigError(f"embed_dim must be a positive integer, got {embed_dim!r}")
+        _check_choice("preset", preset, PRESETS)
+        defaults = PRESET_DEFAULTS[preset]
+        gnn = defaults["gnn"] if gnn is None else gnn
+        graph = defaults["graph"] if graph is None else graph
+        combine = defaults["combine"] if combine is None else combine
+        gmc_dropout = defaults["gmc_dropout"] if gmc_dropout is None else float(gmc_dropout)
+        logit_scale = default_logit_scale(combine) if logit_scale is None else logit_scale
         _check_choice("gnn", gnn, GNNS)
         _check_choice("graph", graph, GRAPHS)
         _check_choice("mode", mode, MODES)
@@ -279,14 +170,26 @@ class SigRLHead(_ConfigMixin, nn.Module):
             raise ConfigError(f"chunk_size must be a positive integer or null, got {chunk_size!r}")
         if gnn == "gatv2" and hidden % heads:
             raise ConfigError(f"hidden={hidden} must be divisible by heads={heads} for gnn='gatv2'")
-        self.embed_dim, self.gnn, self.graph = embed_dim, gnn, graph
+        if preset == "reference" and gnn != "gatv2":
+            raise ConfigError("preset='reference' uses the reference GMC (GATv2 with shared weights); "
+                              f"gnn={gnn!r} needs preset='ours'")
+        if not 0.0 <= gmc_dropout < 1.0:
+            raise ConfigError(f"gmc_dropout must be in [0, 1), got {gmc_dropout!r}")
+        if preset == "ours" and gmc_dropout != 0.0:
+            raise ConfigError("gmc_dropout applies to preset='reference' only (our GMC has no dropout)")
+        self.embed_dim, self.preset, self.gnn, self.graph = embed_dim, preset, gnn, graph
         self.knn, self.top_k, self.chunk_size, self.mode = knn, top_k, chunk_size, mode
-        self.hidden, self.heads, self.dense = hidden, heads, dense
+        self.hidden, self.heads, self.gmc_dropout, self.dense = hidden, heads, gmc_dropout, dense
         self.cooc_threshold = float(cooc_threshold)
         self.score_with, self.combine, self.naive = score_with, combine, bool(naive)
+        #: whether local tokens and R are L2-normalised per patch ("ours") or used raw ("reference")
+        self.normalize_tokens = preset == "ours"
         self.scale = LogitScale(logit_scale, learn_logit_scale)
         self.bias = LogitBias(logit_bias)
-        self.gmc = GMC(embed_dim, gnn=gnn, hidden=hidden, heads=heads, dense=dense)
+        if preset == "reference":
+            self.gmc = ReferenceGMC(embed_dim, hidden=hidden, heads=heads, dropout=gmc_dropout, dense=dense)
+        else:
+            self.gmc = GMC(embed_dim, gnn=gnn, hidden=hidden, heads=heads, dense=dense)
         self.svfr = SVFR(embed_dim, chunk_size=chunk_size, naive=naive)
         self.label_prior_names: list[str] | None = None
         self._prior_index: dict[str, int] = {}
@@ -296,6 +199,13 @@ class SigRLHead(_ConfigMixin, nn.Module):
             n = len(label_prior_names)
             self.set_label_prior(label_prior_names, torch.zeros(n, n), torch.zeros(n))
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        """As :meth:`_ConfigMixin.from_config`; a config without ``preset`` was written
+        before presets existed, by our variant: it is read as ``preset="ours"``."""
+        if isinstance(config, dict) and "preset" not in config:
+            config = {**config, "preset": "ours"}
+        return super().from_config(config)
 
     # ------------------------------------------------------------------ label prior
     def set_label_prior(self, names: list[str], counts, label_counts) -> None:
@@ -385,11 +295,15 @@ class SigRLHead(_ConfigMixin, nn.Module):
         if need_svfr or self.score_with == "graph":
             graph = self.label_graph(T, label_names)
             T_g = self.gmc(T, graph)
-        anchors = T if self.score_with == "text" else T_g
+        anchors = T if self.score_with == "text" else Fn.normalize(T_g, dim=-1)
         if need_svfr:
-            L = Fn.normalize(local_feats.to(device=w.device, dtype=w.dtype), dim=-1)
+            L = local_feats.to(device=w.device, dtype=w.dtype)
+            if self.normalize_tokens:
+                L = Fn.normalize(L, dim=-1)
             R, F = self.svfr(L, T, T_g)
-            s_l = local_scores(Fn.normalize(R, dim=-1), anchors, self.top_k)
+            if self.normalize_tokens:
+                R = Fn.normalize(R, dim=-1)
+            s_l = local_scores(R, anchors, self.top_k)
         s_g = global_scores(g, anchors)
         scale = self.scale()
         logits = self.bias(combine_scores(s_l, s_g, scale, mode=self.mode, combine=self.combine))

@@ -55,13 +55,18 @@ Facts worth knowing (they follow from the formulas):
       in step 2 (except for rows that are all zero after the relu); it only keeps the
       numbers O(1).
 
-Where we differ from the reference SigRL code:
-    - Step 2 uses **per-image** norms ``||F_b||`` (Frobenius norm of image b's (C, D)
-      block). The reference code divides by the norm of the whole batch tensor, which
-      couples the images of a batch; here an image's output never depends on the other
-      images in its batch (tested).
+Equal to the reference SigRL code (MVL-Lab/SigRL ``OV/models/SDA.py``, ``VFR.py`` and
+step 2 inline in ``OV/models/clip_vit.py``), with two remarks:
+    - Step 2 divides by **per-image** norms ``||F_b||`` (Frobenius norm of image b's
+      (C, D) block); the reference divides by the norm of the whole batch tensor. Either
+      is one positive scalar per image, which cancels in the row normalisation of M_b
+      (relu and L2 row normalisation are positively homogeneous), so both give the same
+      M_b and neither couples the images of a batch: an image's output never depends on
+      the other images in its batch, in the reference too (tested).
     - Steps 1 and 3 are computed in label chunks with recomputation in backward (same
       values up to floating-point summation order).
+The head decides what ``L`` is: raw projected patch tokens (preset "reference", as the
+reference feeds ``x[:, 1:] @ proj``) or tokens normalised per patch (preset "ours").
 """
 from __future__ import annotations
 
@@ -258,8 +263,9 @@ def interact(F: torch.Tensor, T: torch.Tensor, eps: float = 1e-12) -> torch.Tens
     """Step 2 without the concatenation: ``F'_b = F_b M_b``.
 
     ``M_b = normalize_rows(relu(F_b^T T / (||F_b|| ||T||)))`` with Frobenius norms taken
-    **per image** (the reference uses the norm of the whole batch tensor) and rows
-    L2-normalised. F: (B, C, D), T: (C, D) -> F': (B, C, D); M_b is (D, D)."""
+    **per image** and rows L2-normalised. The reference divides by the norm of the whole
+    batch tensor instead: a positive scalar that cancels in the row normalisation, so the
+    result is the same. F: (B, C, D), T: (C, D) -> F': (B, C, D); M_b is (D, D)."""
     norm_f = F.flatten(1).norm(dim=1).clamp_min(eps)  # (B,)
     norm_t = T.norm().clamp_min(eps)
     M = torch.einsum("bcd,ce->bde", F, T) / (norm_f * norm_t)[:, None, None]  # (B, D, D)
