@@ -30,10 +30,12 @@ def test_open_clip_json_and_checkpoint_roundtrip(tiny_clip_files):
     g, local = bb.encode_images(pixels)
     assert g.shape == (2, 64) and local.shape == (2, 16, 64)
     assert torch.allclose(g, F.normalize(reference.encode_image(pixels), dim=-1), atol=1e-5)
-    # local tokens: the ViT's normed patch tokens through the same projection
+    # local tokens: the ViT's normed patch tokens through the same projection, RAW (not
+    # normalised: the reference feeds x[:, 1:] @ proj as it is into SVFR and the top-k)
     reference.visual.output_tokens = True
     _, tokens = reference.visual(pixels)
-    assert torch.allclose(local, F.normalize(tokens @ reference.visual.proj, dim=-1), atol=1e-5)
+    assert torch.allclose(local, tokens @ reference.visual.proj, atol=1e-5)
+    assert not torch.allclose(local.norm(dim=-1), torch.ones(2, 16), atol=1e-2)
     assert all(not p.requires_grad for p in bb.parameters()) and not bb.training
     assert bb.spec["checkpoint_sha256"] and len(bb.fingerprint) == 16
 
@@ -122,6 +124,40 @@ def test_hf_clip_directory_with_tokenizer(hf_clip_dir):
     assert torch.allclose(batched, single, atol=1e-5)  # padding to the batch's longest is harmless
     full = bb.encode_tokens(bb.tokenize(texts))
     assert torch.allclose(batched, full, atol=1e-5)
+
+
+def _features(out):
+    """get_*_features returns a tensor (transformers 4) or an output whose pooler_output
+    is the projected embedding (transformers 5)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def test_hf_embeddings_equal_transformers_own_outputs(hf_clip_dir):
+    """Image global embedding, raw patch tokens and text embeddings against
+    transformers.CLIPModel's own methods on the same saved weights."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    _write_hf_tokenizer_files(hf_clip_dir)
+    bb = load_backbone(str(hf_clip_dir))
+    model = CLIPModel.from_pretrained(hf_clip_dir).eval()
+    tok = CLIPTokenizer.from_pretrained(hf_clip_dir)
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    g, local = bb.encode_images(pixels)
+    with torch.no_grad():
+        want_g = _features(model.get_image_features(pixel_values=pixels))
+        hidden = model.vision_model(pixel_values=pixels).last_hidden_state  # (B, 1 + P, W)
+        tokens = model.visual_projection(model.vision_model.post_layernorm(hidden))
+    torch.testing.assert_close(g, F.normalize(want_g, dim=-1), atol=1e-5, rtol=1e-5)
+    # the class token through post_layernorm + visual_projection IS get_image_features:
+    # the patch tokens below go the same way
+    torch.testing.assert_close(tokens[:, 0], want_g, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(local, tokens[:, 1:], atol=1e-5, rtol=1e-5)  # raw, not normalised
+    assert local.shape == (3, 16, 16) and not torch.allclose(local.norm(dim=-1), torch.ones(3, 16), atol=1e-2)
+    texts = ["a dog", "There is a red star in the scene.", "x"]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want_t = _features(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
+    torch.testing.assert_close(bb.encode_texts(texts), F.normalize(want_t, dim=-1), atol=1e-5, rtol=1e-5)
 
 
 def test_hf_offline_tokenizer_trap_is_detected(hf_clip_dir, tmp_path):

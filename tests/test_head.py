@@ -8,7 +8,7 @@ import torch.nn.functional as Fn
 from sigrl.errors import ConfigError, DataError, UsageError
 from sigrl.losses.ranking import RankingLoss
 from sigrl.modules.adapter import AdapterHead
-from sigrl.modules.head import SigRLHead, head_from_config
+from sigrl.modules.head import SigRLHead
 from sigrl.modules.matching import match_scores
 
 torch.set_num_threads(1)
@@ -42,6 +42,9 @@ def _randomize(module, seed=0):
 
 
 def _head(**kw):
+    """Our variant unless a test names the preset (these tests pinned its behaviour;
+    the reference preset is tested in tests/test_reference_head.py)."""
+    kw.setdefault("preset", "ours")
     kw.setdefault("hidden", 4)
     kw.setdefault("heads", 2)
     kw.setdefault("top_k", 3)
@@ -70,7 +73,7 @@ def test_logits_are_log_of_design_score():
     head = _head(logit_scale=20.0)
     g, L, T = _feats()
     logits, ex = head(g, L, T, return_extras=True)
-    want = match_scores(g, Fn.normalize(ex["recon"], dim=-1), T, top_k=3, tau=1 / 20.0)
+    want = match_scores(g, ex["recon"], T, top_k=3, combine="softmax", tau=1 / 20.0)
     torch.testing.assert_close(logits.exp(), want)
     # global part is the plain cosine <g, T_c>
     torch.testing.assert_close(ex["global"], g @ T.t())
@@ -103,7 +106,7 @@ def test_score_with_graph_uses_refined_labels():
 def test_chunked_head_matches_naive_head_with_gradients():
     g, L, T = _feats(dtype=torch.float64)
     a = _head(chunk_size=2).double()
-    b = SigRLHead(D, hidden=4, heads=2, top_k=3, naive=True).double()
+    b = SigRLHead(D, preset="ours", hidden=4, heads=2, top_k=3, naive=True).double()
     b.load_state_dict(a.state_dict())
     la, lb = a(g, L, T), b(g, L, T)
     torch.testing.assert_close(la, lb)
@@ -139,7 +142,7 @@ def test_config_round_trip_rebuilds_identical_head():
     assert cfg["type"] == "SigRLHead" and cfg["label_prior_names"] == NAMES
     twin = SigRLHead.from_config(cfg)
     twin.load_state_dict(head.state_dict())
-    assert type(head_from_config(cfg)) is SigRLHead
+    assert cfg["preset"] == "ours" and cfg["combine"] == "softmax" and cfg["logit_scale"] == 100.0
     g, L, T = _feats(C=4)
     names = ["Dog", " sky", "bus", "unknown thing"]  # case/space-insensitive match
     torch.testing.assert_close(twin(g, L, T, label_names=names), head(g, L, T, label_names=names))
@@ -201,14 +204,21 @@ def test_input_and_config_errors():
     with pytest.raises(ConfigError):
         SigRLHead.from_config({"type": "SigRLHead", "embed_dim": D, "colour": "red"})
     with pytest.raises(ConfigError):
-        head_from_config({"type": "Nope"})
+        SigRLHead.from_config({"type": "Nope", "embed_dim": D})
+    with pytest.raises(ConfigError):
+        SigRLHead(D, preset="paper")
+    with pytest.raises(ConfigError):
+        SigRLHead(D, preset="reference", gnn="gcn")
+    with pytest.raises(ConfigError):
+        SigRLHead(D, preset="ours", gmc_dropout=0.3)
 
 
 def test_ranking_loss_trains_the_head():
     """A few steps of the ranking loss raise positives above negatives on a tiny batch."""
     g, L, T = _feats(B=4, P=6, C=5, seed=1)
     targets = torch.tensor([[1, -1, -1, 0, -1], [-1, 1, -1, -1, 0], [0, -1, 1, -1, -1], [-1, -1, -1, 1, 1]])
-    head = SigRLHead(D, hidden=4, heads=2, top_k=3, graph="knn", knn=2, mode="local", learn_logit_scale=True)
+    head = SigRLHead(D, preset="ours", hidden=4, heads=2, top_k=3, graph="knn", knn=2, mode="local",
+                     learn_logit_scale=True)
     loss_fn = RankingLoss(margin=1.0)
     opt = torch.optim.Adam(head.parameters(), lr=0.05)
     first, gmc_grad = None, 0.0
@@ -228,15 +238,22 @@ def test_ranking_loss_trains_the_head():
 def test_untrained_adapter_is_clip_matching():
     g, L, T = _feats()
     head = AdapterHead(D, top_k=3, logit_scale=50.0)
-    torch.testing.assert_close(head(g, L, T).exp(), match_scores(g, L, T, top_k=3, tau=1 / 50.0))
+    torch.testing.assert_close(head(g, L, T).exp(), match_scores(g, L, T, top_k=3, combine="softmax", tau=1 / 50.0))
     glob = AdapterHead(D, mode="global")
-    torch.testing.assert_close(glob(g, None, T).exp(), match_scores(g, None, T, mode="global"))
+    torch.testing.assert_close(glob(g, None, T).exp(), match_scores(g, None, T, mode="global", combine="softmax"))
+    # the reference rule: raw tokens (here of any norm), logits = the l2-combined score
+    raw = L * torch.rand(L.shape[:2] + (1,), generator=torch.Generator().manual_seed(5)) * 4
+    l2 = AdapterHead(D, top_k=3, combine="l2")
+    assert l2.logit_scale == 1.0
+    torch.testing.assert_close(l2(g, raw, T), match_scores(g, raw, T, top_k=3, combine="l2"))
+    l2g = AdapterHead(D, combine="l2", mode="global")
+    torch.testing.assert_close(l2g(g, None, T), match_scores(g, None, T, mode="global"))
 
 
 def test_adapter_config_round_trip_and_training():
     head = _randomize(AdapterHead(D, hidden=6, top_k=3, shared=True, learn_logit_scale=True))
     cfg = json.loads(json.dumps(head.config))
-    twin = head_from_config(cfg)
+    twin = AdapterHead.from_config(cfg)
     assert isinstance(twin, AdapterHead)
     twin.load_state_dict(head.state_dict())
     g, L, T = _feats(C=9)
@@ -257,7 +274,8 @@ def test_lazy_top_level_export():
     import sigrl
 
     assert sigrl.SigRLHead is SigRLHead
-    assert math.isclose(SigRLHead(D).logit_scale, 100.0)
+    assert SigRLHead(D).preset == "reference" and math.isclose(SigRLHead(D).logit_scale, 1.0)
+    assert math.isclose(SigRLHead(D, preset="ours").logit_scale, 100.0)
 
 
 @pytest.mark.parametrize("cls", ["sigrl", "adapter"])
@@ -271,7 +289,7 @@ def test_logit_bias_shifts_every_logit_and_lets_bce_fit_a_positive(cls):
     assert cls == "sigrl" or bias == 2.5
     torch.testing.assert_close(b - a, torch.full_like(a, bias))  # same rankings everywhere
     assert (a <= 0).all()  # softmax combine: log-probabilities, sigmoid <= 0.5 without a bias
-    assert head_from_config(json.loads(json.dumps(biased.config))).logit_bias == 2.5
+    assert type(biased).from_config(json.loads(json.dumps(biased.config))).logit_bias == 2.5
     # BCE on one positive: with the bias the head's probability of it passes 0.5
     opt = torch.optim.Adam(biased.parameters(), lr=0.05)
     target = torch.zeros(3, 5)
