@@ -265,26 +265,23 @@ def test_unusable_labels_file_exit_2_one_line(kind, content, words, tiny_clip_fi
         assert str(path) in err
 
 
-def test_thousands_of_labels_bounded_memory(tiny_clip_files, tmp_path):
+def test_thousands_of_labels_full_distribution(tiny_clip_files, tmp_path):
     """3,000 labels through the Tagger: every image gets a full distribution over all of
-    them, and peak memory grows by a few MB, not by C x patches x width."""
+    them. (Peak memory for this case is measured by benchmarks/bench_memory_inputs.py.)"""
     script = textwrap.dedent("""
-        import json, resource, sys
+        import json, sys
         import torch
         torch.set_num_threads(1)
         from sigrl.tagging import Tagger
         from sigrl.backbones import load_backbone
         cfg, w, images = sys.argv[1:4]
         bb = load_backbone(cfg, w)
-        def peak():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         small = Tagger([f"word{i}" for i in range(20)], backbone=bb, batch_size=16).tag([images], top_k=3)
-        before = peak()
         labels = [f"label number {i} of many" for i in range(3000)]
         tagger = Tagger(labels, backbone=bb, batch_size=16)
         full = tagger.tag([images], top_k=None)
         top = tagger.tag([images], top_k=5)
-        print(json.dumps({"before": before, "after": peak(), "n_small": len(small),
+        print(json.dumps({"n_small": len(small),
                           "lens": [len(r.tags) for r in full], "sums": [sum(s for _, s in r.tags) for r in full],
                           "distinct": [len({l for l, _ in r.tags}) for r in full],
                           "top": [len(r.tags) for r in top], "errors": [r.error for r in full if r.error]}))
@@ -299,7 +296,6 @@ def test_thousands_of_labels_bounded_memory(tiny_clip_files, tmp_path):
     assert res["errors"] == [] and res["n_small"] == 40
     assert res["lens"] == [3000] * 40 and res["distinct"] == [3000] * 40 and res["top"] == [5] * 40
     assert all(abs(s - 1) < 1e-3 for s in res["sums"])
-    assert res["after"] - res["before"] < 150, res  # MB
 
 
 # ====================================================================== sigrl tag: options and files

@@ -197,14 +197,12 @@ def test_bad_inputs_raise_usage_errors():
         mean_average_precision(np.zeros(3), np.zeros(3))
 
 
-def test_moderate_size_is_fast():
-    import time
-
+def test_moderate_size_random_scores_give_prevalence():
+    # speed: python benchmarks/bench_nuswide.py --images 20000 --labels 100 (and the full size by default)
     rng = np.random.default_rng(5)
     scores = rng.random((20_000, 100), dtype=np.float32)
     targets = rng.choice(np.array([1, -1, 0], dtype=np.int8), size=scores.shape, p=[0.05, 0.9, 0.05])
-    t0 = time.perf_counter()
     m = mean_average_precision(scores, targets)
-    f1_at_k(scores, targets, 5)
-    assert time.perf_counter() - t0 < 10
+    p, r, f = f1_at_k(scores, targets, 5)
     assert 0.03 < m < 0.08  # random scores: AP ~ prevalence among known (0.05/0.95)
+    assert 0.03 < p < 0.07  # random top-5: precision ~ positive rate 0.05
