@@ -45,15 +45,16 @@ def main() -> int:
     import torch
 
     from sigrl.config import load_config
-    from sigrl.train import prepare_experiment, train
+    from sigrl.experiment import prepare_experiment
+    from sigrl.train import train
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="sigrl-bench-cache-"))
     overrides = ([] if args.no_quick else QUICK) + args.overrides + [f"cache.dir={work / 'cache'}"]
     base = load_config(args.config, overrides)
-    from sigrl.train import build_backbone, load_dataset
+    from sigrl.experiment import build_backbone, open_dataset
 
-    dataset, world = load_dataset(base)  # generate the world / pre-train its model outside the timings
+    dataset, world = open_dataset(base)  # generate the world / pre-train its model outside the timings
     backbone = build_backbone(base, world)
     if world is not None:  # then name them by path: both runs read exactly these files
         overrides += ["data.format=csv", f"data.root={world}"]

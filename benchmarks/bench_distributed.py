@@ -87,10 +87,10 @@ def main() -> int:
     # the world and its tiny model are generated once, outside the timings
     sys.path.insert(0, str(REPO))
     from sigrl.config import load_config
-    from sigrl.train import build_backbone, load_dataset
+    from sigrl.experiment import build_backbone, open_dataset
 
     cfg = load_config(args.config, overrides)
-    dataset, world = load_dataset(cfg)
+    dataset, world = open_dataset(cfg)
     backbone = build_backbone(cfg, world)
     overrides += pin(cfg, world, backbone)
 

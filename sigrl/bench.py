@@ -2,102 +2,57 @@
 split -> the paper-style table, as markdown + JSON + CSV, with plots.
 
     nuswide-zsl   NUS-WIDE zero-shot (925 seen / 81 unseen): ZSL and GZSL rows of
-                  P/R/F1 at k = 3 and 5 and mAP (DESIGN.md section 4)
+                  P/R/F1 at k = 3 and 5 and mAP (docs/design.md, "Protocols")
     spml          runs trained on single positive labels: mAP per run
     partial       runs trained on partial labels: mAP per proportion and the average
 
-:func:`evaluate_zero_shot` is the shared core (the demo and ``sigrl bench`` both call
-it): test features come from the feature cache (built on first use), label embeddings
-from the prompts, scores from the scorer.
+:func:`evaluate_zero_shot` is the shared core of the zero-shot rows (the demo and
+``sigrl bench`` call it): test features come from the feature cache (built on first
+use), scores from :mod:`sigrl.scorer`, metrics from :mod:`sigrl.evaluate` — ZSL in its
+own pass over the unseen labels, as ``sigrl eval`` and the trainer compute it.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from .backbones import load_backbone
+from .data.nuswide import load_nuswide
 from .errors import UsageError
-from .modules.matching import match_scores
-from .prompts import embed_labels, load_prompts
-from .report import plot_per_label_ap, plot_pr_curves, write_report, zero_shot_metrics
+from .evaluate import zero_shot_metrics, zero_shot_scores
+from .experiment import split_part
+from .metrics import average_precision_per_class
+from .prompts import load_prompts
+from .report import plot_per_label_ap, plot_pr_curves, write_report
+from .scorer import Scorer
 
 EMPTY_RULES = {"zero": "classes without a positive count as AP 0 (reference)",
                "skip": "classes without a positive are left out"}
 
 
-@dataclass
-class Scorer:
-    """What turns features into scores: the backbone, its label embeddings, and either
-    CLIP matching (``head=None``) or a trained head."""
-
-    name: str
-    backbone: object
-    prompts: object
-    head: torch.nn.Module | None = None
-    context: torch.Tensor | None = None
-    mode: str = "local+global"
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, name: str | None = None, device: str = "cpu") -> "Scorer":
-        from .backbones import backbone_from_spec
-        from .checkpoint import load_run
-
-        run = load_run(run_dir, device=device)
-        bb = backbone_from_spec(run.backbone_spec, device=device, preprocess=run.preprocess)
-        return cls(name or Path(run_dir).name, bb, run.prompts, run.head, run.context)
-
-    @torch.no_grad()
-    def label_embeddings(self, labels: list[str]) -> torch.Tensor:
-        return embed_labels(self.backbone, labels, self.prompts, context=self.context)
-
-    @torch.no_grad()
-    def scores(self, global_feats, local_feats, label_emb, labels=None) -> torch.Tensor:
-        """(B, D), (B, P, D), (C, D) -> (B, C)."""
-        if self.head is None:
-            return match_scores(global_feats, local_feats, label_emb, mode=self.mode)
-        return self.head(global_feats, local_feats, label_emb, label_names=labels).float()
-
-
-@torch.no_grad()
-def score_split(scorer: Scorer, split, cache_root: str | Path, *, batch_size: int = 64,
-                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N', C) and targets (N', C) over the usable images of ``split`` (images
-    that failed to load are left out and reported by the cache)."""
-    from tqdm.auto import tqdm
-
-    from .cache import ensure_cache
-
-    cache = ensure_cache(split, scorer.backbone, cache_root, progress=progress)
-    rows = np.flatnonzero(cache.valid)
-    label_emb = scorer.label_embeddings(split.labels)
-    out = np.empty((len(rows), len(split.labels)), dtype=np.float32)
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"scoring {scorer.name}", disable=not progress, leave=False):
-        g, l_ = cache.read(rows[start:start + batch_size])
-        out[start:start + len(g)] = scorer.scores(g, l_, label_emb, split.labels).cpu().numpy()
-    return out, split.targets[rows]
-
-
 def evaluate_zero_shot(scorer: Scorer, dataset, cache_root: str | Path, *, empty_class: str = "zero",
                        plots_dir: str | Path | None = None, progress: bool = True, batch_size: int = 64) -> dict:
-    """ZSL (unseen columns) and GZSL (all columns) metrics of ``scorer`` on ``dataset.test``.
+    """ZSL (the unseen labels, scored on their own) and GZSL (all labels) metrics of
+    ``scorer`` on ``dataset.test``.
 
     Returns ``{"zsl": {"P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5", "mAP"}, "gzsl": {...}}``
-    (fractions). With ``plots_dir``: per-label AP bars and PR curves as PNG files.
+    (fractions). With ``plots_dir``: per-label AP bars and PR curves (GZSL) as PNG files.
     """
-    scores, targets = score_split(scorer, dataset.test, cache_root, batch_size=batch_size, progress=progress)
-    result = zero_shot_metrics(scores, targets, len(dataset.unseen), empty_class=empty_class)
+    part = split_part(dataset.test, scorer.backbone, cache_root, unseen=dataset.unseen, progress=progress)
+    zsl, gzsl = zero_shot_scores(scorer, part, batch_size=batch_size, progress=progress)
+    metrics = zero_shot_metrics(part, zsl, gzsl, empty_class=empty_class)
+    result = {setting: {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"test/{setting}/")}
+              for setting in ("zsl", "gzsl")}
     if plots_dir is not None:
-        from .metrics import average_precision_per_class
-
+        scores, targets = gzsl.numpy(), np.asarray(part.targets)
         plots_dir = Path(plots_dir)
         plots_dir.mkdir(parents=True, exist_ok=True)
         ap = average_precision_per_class(scores, targets, empty_class=empty_class)
-        plot_per_label_ap(ap, dataset.test.labels, set(dataset.unseen), plots_dir / f"{scorer.name}-per-label-ap.png",
+        plot_per_label_ap(ap, part.labels, set(dataset.unseen), plots_dir / f"{scorer.name}-per-label-ap.png",
                           title=f"{scorer.name}: per-label AP (GZSL, sorted)")
-        plot_pr_curves(scores, targets, dataset.test.labels, plots_dir / f"{scorer.name}-pr-curves.png",
+        plot_pr_curves(scores, targets, part.labels, plots_dir / f"{scorer.name}-pr-curves.png",
                        title=f"{scorer.name}: best and worst labels")
     return result
 
@@ -106,8 +61,6 @@ def bench_nuswide_zsl(root: str | Path, scorers: list[Scorer], out_dir: str | Pa
                       image_root=None, cache_root=None, empty_class: str = "zero", limit: int | None = None,
                       progress: bool = True) -> dict:
     """The NUS-WIDE zero-shot table for each scorer; files under ``out_dir``."""
-    from .data.nuswide import load_nuswide
-
     dataset = load_nuswide(root, layout=layout, image_root=image_root)
     if limit:
         dataset.test = dataset.test.subset(np.arange(min(limit, len(dataset.test))))
@@ -220,12 +173,11 @@ def bench_runs(protocol: str, runs: list[str | Path], out_dir: str | Path) -> tu
 
 def load_scorers(checkpoints: list[str], model: str | None, pretrained: str | None, prompts: str | None,
                  preprocess: dict | None = None, device: str = "cpu") -> list[Scorer]:
+    """The trained runs ``checkpoints``, plus plain CLIP matching when ``model`` is given."""
     scorers = [Scorer.from_run(c, device=device) for c in checkpoints]
     if model or not scorers:
-        from .backbones import load_backbone
-
         if not model:
             raise UsageError("give --checkpoint RUN (repeatable) and/or --model [--pretrained] for plain CLIP matching")
         bb = load_backbone(model, pretrained, device=device, preprocess=preprocess)
-        scorers.insert(0, Scorer("clip", bb, load_prompts(prompts or "scene")))
+        scorers.insert(0, Scorer.clip(bb, load_prompts(prompts or "scene")))
     return scorers

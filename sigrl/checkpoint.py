@@ -22,7 +22,6 @@ weights' hash) last, each atomically, so a reader sees a consistent pair or refu
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
+from .registry import HEADS
 from .safeio import atomic_write_bytes, atomic_write_text
 
 HEAD_FILE = "head.safetensors"
@@ -38,32 +38,21 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 CONTEXT_KEY = "prompt_context"
 
-# head class name in run.json -> (module, attribute); config name (head.class) -> class name
-HEAD_CLASSES = {
-    "SigRLHead": ("sigrl.modules.head", "SigRLHead"),
-    "AdapterHead": ("sigrl.modules.adapter", "AdapterHead"),
-}
-CONFIG_HEADS = {"sigrl": "SigRLHead", "adapter": "AdapterHead"}
-
 __all__ = ["save_run", "load_run", "LoadedRun", "head_class", "build_head"]
 
 
 def head_class(name: str):
     """The head class for a run.json ``head_class`` or a config ``head.class`` name."""
-    name = CONFIG_HEADS.get(name, name)
-    if name not in HEAD_CLASSES:
-        raise CheckpointError(f"unknown head class {name!r}; known: {', '.join(HEAD_CLASSES)}")
-    module, attr = HEAD_CLASSES[name]
+    if name not in HEADS:
+        raise CheckpointError(f"unknown head class {name!r}; known: {', '.join(HEADS.names)}")
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ModuleNotFoundError, AttributeError) as err:
-        raise CheckpointError(f"head class {name} is not available in this installation ({err})") from err
+        return HEADS.get(name)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def build_head(name: str, embed_dim: int, options: dict | None = None) -> nn.Module:
-    """A fresh head: ``head.class`` (sigrl|adapter) with ``head.options``."""
-    from .errors import ConfigError
-
+    """A fresh head: ``head.class`` (a name of :data:`sigrl.registry.HEADS`) with ``head.options``."""
     cls = head_class(name)
     try:
         return cls(embed_dim, **(options or {}))
@@ -111,8 +100,9 @@ def save_run(run_dir: str | Path, *, head: nn.Module, backbone, prompts, labels:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     name = type(head).__name__
-    if name not in HEAD_CLASSES:
-        raise CheckpointError(f"cannot save a {name}: known head classes are {', '.join(HEAD_CLASSES)}")
+    if name not in HEADS:
+        raise CheckpointError(f"cannot save a {name}: known head classes are "
+                              f"{', '.join(HEADS.class_name(n) for n in HEADS.names)}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     if CONTEXT_KEY in tensors:
         raise CheckpointError(f"{name} has a weight named {CONTEXT_KEY!r}, which run files reserve")

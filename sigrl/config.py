@@ -18,7 +18,7 @@ Sections (every key has a default; a YAML file names only what it changes):
               pretrain (model "world": how the tiny model is pre-trained; quick: true for tests)
     prompts   name (prompt set or template), tune (learn CoOp context vectors), n_ctx
     head      class (sigrl|adapter), options (keyword arguments of the head)
-    loss      name (see sigrl.losses.LOSSES), options; transport_weight (> 0 adds the
+    loss      name (see sigrl.registry.LOSSES), options; transport_weight (> 0 adds the
               conditional-transport loss between label-specific features and label
               embeddings), transport_tau, transport_labels (observed|predicted)
     method    name (none|sst|clsl), options
@@ -46,6 +46,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .registry import HEADS, LOSSES, RECOVERIES
 
 __all__ = ["Config", "load_config", "config_from_dict", "config_to_dict", "apply_override", "dump_config"]
 
@@ -156,8 +157,9 @@ _KEY_ALIASES = {HeadConfig: {"class": "head_class"}}
 CHOICES = {
     "data.format": ("csv", "world", "nuswide", "voc", "coco"),
     "data.observed": ("full", "single_positive", "partial"),
-    "head.class": ("sigrl", "adapter"),
-    "method.name": ("none", "sst", "clsl"),
+    "head.class": HEADS.names,
+    "loss.name": LOSSES.names,
+    "method.name": ("none",) + RECOVERIES.names,
     "loss.transport_labels": ("observed", "predicted"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.scheduler": ("constant", "cosine"),

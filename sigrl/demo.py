@@ -10,22 +10,34 @@
 4. single-positive training (one known label per image) with several losses against
    full labels, and partial labels (a proportion of each image's labels known).
 
-Everything is evaluated by the same code (:func:`sigrl.bench.evaluate_zero_shot` for
-zero-shot, the trainer's test metrics for SPML) and written to ``DIR/results.json``.
+Everything is scored by :mod:`sigrl.scorer` and measured by :mod:`sigrl.evaluate`, as
+``sigrl eval`` measures it (zero-shot rows: :func:`sigrl.bench.evaluate_zero_shot` of the
+saved best head; SPML rows: the trainer's test metrics of the best epoch), and written
+to ``DIR/results.json``; every trained row names its ``"run"``.
 The world is a functional and comparative testbed: its numbers say which method helps
 on this world, not how any method does on real photos.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .bench import evaluate_zero_shot
+from .config import load_config
+from .evaluate import zero_shot_metrics
+from .experiment import build_backbone, open_dataset, split_part
+from .images import load_image
 from .paths import REPO_ROOT
+from .prompts import load_prompts
 from .safeio import atomic_write_text
+from .scorer import Scorer
+from .tagging import Tagger
+from .train import train
 
 CONFIGS = REPO_ROOT / "configs"
 
@@ -55,9 +67,12 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _zs_entry(metrics: dict) -> dict:
-    return {"map": metrics["mAP"], "f1@3": metrics.get("F1@3"), "f1@5": metrics.get("F1@5"),
-            "p@3": metrics.get("P@3"), "r@3": metrics.get("R@3")}
+def _zs_entry(metrics: dict, run: str | None = None) -> dict:
+    entry = {"map": metrics["mAP"], "f1@3": metrics.get("F1@3"), "f1@5": metrics.get("F1@5"),
+             "p@3": metrics.get("P@3"), "r@3": metrics.get("R@3")}
+    if run is not None:
+        entry["run"] = run  # `sigrl eval RUN --json` prints the same numbers
+    return entry
 
 
 def colour_oracle_scores(targets: np.ndarray, labels: list[str], rng: np.random.Generator) -> np.ndarray:
@@ -81,9 +96,6 @@ def tag_grid(backbone, dataset, path: Path, n: int = 8, top_k: int = 3) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .images import load_image
-    from .tagging import Tagger
-
     test = dataset.test
     tagger = Tagger(test.labels, backbone=backbone, prompts="photo")
     idx = np.linspace(0, len(test) - 1, n).astype(int)
@@ -106,35 +118,34 @@ def tag_grid(backbone, dataset, path: Path, n: int = 8, top_k: int = 3) -> Path:
 
 
 def _train(config: str, overrides: list[str], progress: bool):
-    from .config import load_config
-    from .train import train
-
     cfg = load_config(CONFIGS / config, overrides)
     return train(cfg, progress=progress)
 
 
 def _test_map(result) -> float:
-    m = result.best_metrics
-    for key in ("test/mAP", "test_mAP", "test/map", "mAP"):
-        if key in m:
-            return float(m[key])
-    raise KeyError(f"no test mAP among {sorted(m)}")
+    return float(result.best_metrics["test/mAP"])
+
+
+def _independent_rows(part, rng: np.random.Generator) -> dict:
+    """Random scores and the colour oracle: each label's score ignores the other labels,
+    so scoring the unseen labels on their own gives their columns of the full matrix."""
+    targets = np.asarray(part.targets)
+    cols = [part.labels.index(u) for u in part.unseen]
+    rows = {}
+    for name, scores in (("random", rng.random(targets.shape, dtype=np.float32)),
+                         ("colour_oracle", colour_oracle_scores(targets, part.labels, rng))):
+        metrics = zero_shot_metrics(part, scores[:, cols], scores)
+        rows[name] = {s: {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"test/{s}/")}
+                      for s in ("zsl", "gzsl")}
+    return rows
 
 
 def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = False, progress: bool = True) -> dict:
     """Run the demo; returns (and writes) the results dict."""
-    from .bench import Scorer, evaluate_zero_shot
-    from .config import load_config
-    from .prompts import load_prompts
-    from .report import zero_shot_metrics
-    from .train import build_backbone, load_dataset
-
     t0 = time.time()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "runs").exists():  # the demo owns DIR/runs: every demo trains from scratch
-        import shutil
-
         shutil.rmtree(out / "runs")
     common = [f"data.world.seed={seed}", f"train.seed={seed}", f"data.seed={seed}", f"cache.dir={out / 'cache'}"]
     if quick:
@@ -144,7 +155,7 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
 
     _say("[1/4] world and tiny vision-language model (cached after the first run)")
     cfg = load_config(CONFIGS / "world_zsl.yaml", common + [f"output={out / 'runs' / 'sigrl_zsl'}"])
-    dataset, root = load_dataset(cfg)
+    dataset, root = open_dataset(cfg)
     backbone = build_backbone(cfg, root)
     results["world"] = {"root": str(root), "seen_labels": len(dataset.seen), "unseen_labels": len(dataset.unseen),
                         "train_images": len(dataset.train), "test_images": len(dataset.test)}
@@ -152,22 +163,24 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
     _say("[2/4] zero-shot tags for a few test images")
     results["tag_grid"] = str(tag_grid(backbone, dataset, out / "tags.png"))
 
-    _say("[3/4] zero-shot: unseen labels (ZSL) and all labels (GZSL)")
-    rng = np.random.default_rng(seed)
-    targets = dataset.test.targets
-    n_unseen = len(dataset.unseen)
-    rows = {"random": zero_shot_metrics(rng.random(targets.shape, dtype=np.float32), targets, n_unseen),
-            "colour_oracle": zero_shot_metrics(colour_oracle_scores(targets, dataset.test.labels, rng), targets, n_unseen)}
+    _say("[3/4] zero-shot: unseen labels (ZSL, scored on their own) and all labels (GZSL)")
     cache_root = out / "cache"
-    clip = Scorer("clip", backbone, load_prompts(cfg.prompts.name))
-    rows["clip"] = evaluate_zero_shot(clip, dataset, cache_root, plots_dir=out / "plots", progress=progress)
+    part = split_part(dataset.test, backbone, cache_root, unseen=dataset.unseen, progress=progress)
+    rows = _independent_rows(part, np.random.default_rng(seed))
+    eval_batch = cfg.eval.batch_size
+    clip = Scorer.clip(backbone, load_prompts(cfg.prompts.name))
+    rows["clip"] = evaluate_zero_shot(clip, dataset, cache_root, plots_dir=out / "plots", progress=progress,
+                                      batch_size=eval_batch)
+    runs = {}
     for name, config in (("adapter", "world_adapter_zsl.yaml"), ("sigrl", "world_zsl.yaml")):
         run_dir = out / "runs" / f"{name}_zsl"
         _train(config, common + ([] if quick else BUDGET[name]) + [f"output={run_dir}"], progress)
-        rows[name] = evaluate_zero_shot(Scorer.from_run(run_dir, name=name), dataset, cache_root,
-                                        plots_dir=out / "plots", progress=progress)
-    results["zsl"] = {k: _zs_entry(v["zsl"]) for k, v in rows.items()}
-    results["gzsl"] = {k: _zs_entry(v["gzsl"]) for k, v in rows.items()}
+        # the saved best head, scored as `sigrl eval RUN` scores it
+        rows[name] = evaluate_zero_shot(Scorer.from_run(run_dir, backbone=backbone, name=name), dataset, cache_root,
+                                        plots_dir=out / "plots", progress=progress, batch_size=eval_batch)
+        runs[name] = str(run_dir)
+    results["zsl"] = {k: _zs_entry(v["zsl"], runs.get(k)) for k, v in rows.items()}
+    results["gzsl"] = {k: _zs_entry(v["gzsl"], runs.get(k)) for k, v in rows.items()}
 
     _say("[4/4] single positive and partial labels (all labels, one head per loss)")
     spml = {}
@@ -177,19 +190,20 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
         if quick and name == "em_apl":
             extra = extra + ["loss.options.warmup_epochs=1"]  # the quick demo trains 2 epochs
         budget = [] if quick else BUDGET["spml"]
-        res = _train("world_spml_an.yaml", common + budget + extra + [f"output={out / 'runs' / ('spml_' + name)}"], progress)
-        spml[name] = {"map": _test_map(res)}
+        run_dir = out / "runs" / f"spml_{name}"
+        res = _train("world_spml_an.yaml", common + budget + extra + [f"output={run_dir}"], progress)
+        spml[name] = {"map": _test_map(res), "run": str(run_dir)}
     results["spml"] = spml
     partial = {}
     for p in ((0.5,) if quick else PARTIAL_PROPORTIONS):
         for method in ("none", "sst"):
             key = f"{'bce' if method == 'none' else method}@{round(100 * p)}%"
             budget = [] if quick else BUDGET["spml"]
-            res = _train("world_spml_an.yaml", common + budget + ["data.observed=partial", f"data.proportion={p}", "loss.name=full",
-                                                         f"method.name={method}",
-                                                         f"output={out / 'runs' / ('partial_' + key.replace('@', '_').rstrip('%'))}"],
-                         progress)
-            partial[key] = {"map": _test_map(res)}
+            run_dir = out / "runs" / ("partial_" + key.replace("@", "_").rstrip("%"))
+            res = _train("world_spml_an.yaml", common + budget + ["data.observed=partial", f"data.proportion={p}",
+                                                                "loss.name=full", f"method.name={method}",
+                                                                f"output={run_dir}"], progress)
+            partial[key] = {"map": _test_map(res), "run": str(run_dir)}
     results["partial"] = partial
     results["seconds"] = time.time() - t0
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))

@@ -1,108 +1,70 @@
-"""Scoring a part of a dataset with a trained head, and the metrics of a run.
+"""The metrics of a part of a dataset, and of a trained run.
 
 Zero-shot datasets (some labels unseen in training) are evaluated the NUS-WIDE way
-(DESIGN.md section 4): **ZSL** scores every image against the unseen labels only,
-**GZSL** against all labels (seen + unseen); each reports overall precision, recall and
-F1 of the top 3 and top 5 labels per image, and mAP. The two are separate passes of the
-head, not one matrix sliced: the head's scores are normalised over the label set it is
-given and its label graph is built from that set. Other datasets report mAP over all
-labels. mAP counts a class without a positive as AP 0 unless ``eval.empty_class=skip``
-(the rule is written next to every table).
+(docs/design.md, "Protocols"): **ZSL** scores every image against the unseen labels
+only, **GZSL** against all labels (seen + unseen); each reports overall precision,
+recall and F1 of the top 3 and top 5 labels per image, and mAP. The two are separate
+passes of the scorer, never one matrix sliced: a head's scores are normalised over the
+label set it is given and its label graph is built from that set (the BiAM/MKT/SigRL
+evaluation code scores ``label_emb[925:]`` on its own). Other datasets report mAP over
+all labels. mAP counts a class without a positive as AP 0 unless
+``eval.empty_class=skip`` (the rule is written next to every table).
 
 Metric keys: ``<part>/zsl/<m>``, ``<part>/gzsl/<m>`` or ``<part>/mAP`` with ``<m>`` in
 P@3, R@3, F1@3, P@5, R@5, F1@5, mAP (fractions in [0, 1]).
 
-Across processes every process scores a contiguous chunk of the part and the chunks are
-gathered (``accelerator.gather``), so every process ends with the same metrics.
+``sigrl eval``, ``sigrl bench``, the demo and the trainer all compute metrics here.
 """
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checkpoint import load_run
+from .config import config_from_dict
 from .errors import CheckpointError
+from .experiment import prepare_experiment
+from .metrics import mean_average_precision
+from .report import prf_map
+from .safeio import atomic_write_text
+from .scorer import Scorer, score_part
 
 ZS_COLUMNS = ["P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5", "mAP"]
 
-__all__ = ["score_part", "part_metrics", "metric_keys", "evaluate_parts", "evaluate_run", "format_metrics"]
+__all__ = ["zero_shot_scores", "part_metrics", "zero_shot_metrics", "metric_keys", "evaluate_parts", "evaluate_run", "format_metrics"]
 
 
-def _dist(accelerator) -> tuple[int, int]:
-    if accelerator is None:
-        return 0, 1
-    return accelerator.process_index, accelerator.num_processes
+def zero_shot_scores(scorer: Scorer, part, accelerator=None, batch_size: int = 128,
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ZSL scores (N, U) of the unseen labels in their own pass, GZSL scores (N, C) of all labels)."""
+    return tuple(score_part(scorer, part, [list(part.unseen), list(part.labels)], accelerator, batch_size,
+                            progress))
 
 
-@torch.no_grad()
-def score_part(model, part, backbone, label_sets: list[list[str]], accelerator=None,
-               batch_size: int = 128) -> list[torch.Tensor]:
-    """Scores of ``model`` (a :class:`~sigrl.train.TrainModule`) on every row of ``part``
-    for each label set -> list of (len(part), C_s) float32 CPU tensors, on every process."""
-    from .train import features, part_dataset
-
-    rank, world = _dist(accelerator)
-    device = accelerator.device if accelerator is not None else backbone.device
-    n = len(part)
-    per = math.ceil(n / world) if n else 0
-    lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
-    dataset = torch.utils.data.Subset(part_dataset(part, backbone), range(lo, hi))
-    # own generator: iterating must not consume the global RNG (training randomness)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         generator=torch.Generator())
-    outs: list[list[torch.Tensor]] = [[] for _ in label_sets]
-    was_training = model.training
-    model.eval()
-    autocast = accelerator.autocast() if accelerator is not None else _null()
-    try:
-        with autocast:
-            for batch in loader:
-                batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                g, l = features(batch, backbone)
-                for j, labels in enumerate(label_sets):
-                    outs[j].append(model(g, l, labels).float())
-    finally:
-        model.train(was_training)
-    results = []
-    for j, labels in enumerate(label_sets):
-        local = torch.cat(outs[j]) if outs[j] else torch.zeros(0, len(labels), device=device)
-        if world > 1:
-            pad = torch.zeros(per - local.shape[0], len(labels), device=local.device, dtype=local.dtype)
-            local = accelerator.gather(torch.cat([local, pad]))[:n]
-        results.append(local.cpu())
-    return results
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def part_metrics(model, part, backbone, accelerator=None, *, empty_class: str = "zero",
-                 batch_size: int = 128) -> dict[str, float]:
+def part_metrics(scorer: Scorer, part, accelerator=None, *, empty_class: str = "zero",
+                 batch_size: int = 128, progress: bool = False) -> dict[str, float]:
     """Metrics of one part (module docstring), keys prefixed with ``part.name``."""
-    from .report import prf_map
-
-    targets = np.asarray(part.targets)
     if part.unseen:
-        cols = [part.labels.index(u) for u in part.unseen]
-        zsl, gzsl = score_part(model, part, backbone, [list(part.unseen), list(part.labels)], accelerator,
-                               batch_size)
-        out = {f"{part.name}/zsl/{k}": v for k, v in prf_map(zsl.numpy(), targets[:, cols],
-                                                            empty_class=empty_class).items()}
-        out.update({f"{part.name}/gzsl/{k}": v for k, v in prf_map(gzsl.numpy(), targets,
-                                                                   empty_class=empty_class).items()})
-        return out
-    from .metrics import mean_average_precision
+        zsl, gzsl = zero_shot_scores(scorer, part, accelerator, batch_size, progress)
+        return zero_shot_metrics(part, zsl, gzsl, empty_class=empty_class)
+    (scores,) = score_part(scorer, part, [list(part.labels)], accelerator, batch_size, progress)
+    return {f"{part.name}/mAP": mean_average_precision(scores.numpy(), np.asarray(part.targets),
+                                                       empty_class=empty_class)}
 
-    (scores,) = score_part(model, part, backbone, [list(part.labels)], accelerator, batch_size)
-    return {f"{part.name}/mAP": mean_average_precision(scores.numpy(), targets, empty_class=empty_class)}
+
+def zero_shot_metrics(part, zsl, gzsl, *, empty_class: str = "zero") -> dict[str, float]:
+    """ZSL metrics of ``zsl`` (N, U) against the unseen columns of the part's targets,
+    GZSL metrics of ``gzsl`` (N, C) against all of them."""
+    targets = np.asarray(part.targets)
+    cols = [part.labels.index(u) for u in part.unseen]
+    out = {f"{part.name}/zsl/{k}": v for k, v in prf_map(np.asarray(zsl), targets[:, cols],
+                                                        empty_class=empty_class).items()}
+    out.update({f"{part.name}/gzsl/{k}": v for k, v in prf_map(np.asarray(gzsl), targets,
+                                                               empty_class=empty_class).items()})
+    return out
 
 
 def metric_keys(part) -> list[str]:
@@ -115,12 +77,12 @@ def metric_keys(part) -> list[str]:
     return out
 
 
-def evaluate_parts(model, exp, accelerator=None, parts=None) -> dict[str, float]:
+def evaluate_parts(scorer: Scorer, exp, accelerator=None, parts=None) -> dict[str, float]:
     """Metrics of the experiment's val and test parts (or ``parts``)."""
     parts = parts if parts is not None else [p for p in (exp.val, exp.test) if p is not None]
     out: dict[str, float] = {}
     for part in parts:
-        out.update(part_metrics(model, part, exp.backbone, accelerator, empty_class=exp.cfg.eval.empty_class,
+        out.update(part_metrics(scorer, part, accelerator, empty_class=exp.cfg.eval.empty_class,
                                 batch_size=exp.cfg.eval.batch_size))
     return out
 
@@ -132,11 +94,6 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", device=None, empty
     Returns ``{"run", "split", "epoch", "empty_class", "zero_shot", "labels": {...},
     "metrics": {...}}`` and writes it to ``run/eval.json`` (``write``).
     """
-    from .checkpoint import load_run
-    from .config import config_from_dict
-    from .safeio import atomic_write_text
-    from .train import LabelText, TrainModule, prepare_experiment
-
     run_dir = Path(run_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     run = load_run(run_dir, device=device)
@@ -154,12 +111,8 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", device=None, empty
     part = {"test": exp.test, "val": exp.val}.get(split)
     if part is None:
         raise CheckpointError(f"{run_dir}: the run's dataset has no {split!r} split (use --split test)")
-    text = LabelText(exp.backbone, run.prompts)
-    if run.context is not None:
-        text.context = torch.nn.Parameter(run.context.to(device), requires_grad=False)
-    model = TrainModule(run.head, text).to(device)
-    metrics = part_metrics(model, part, exp.backbone, None, empty_class=cfg.eval.empty_class,
-                           batch_size=cfg.eval.batch_size)
+    scorer = Scorer.from_loaded(run, exp.backbone)
+    metrics = part_metrics(scorer, part, None, empty_class=cfg.eval.empty_class, batch_size=cfg.eval.batch_size)
     result = {
         "run": str(run_dir), "split": split, "epoch": run.metrics.get("epoch"),
         "empty_class": cfg.eval.empty_class, "zero_shot": bool(part.unseen),

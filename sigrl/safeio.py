@@ -35,6 +35,7 @@ from .errors import DataError, UnsafeFileError
 
 __all__ = [
     "safe_load_pickle",
+    "fsync_dir",
     "safe_loads_pickle",
     "safe_relpath",
     "safe_join",
@@ -162,17 +163,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         except FileNotFoundError:
             pass
         raise
-    try:  # make the rename itself durable where the platform allows it
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
+    fsync_dir(path.parent)  # make the rename itself durable where the platform allows it
+    return path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory (so renames inside it survive a power cut); a no-op where the
+    platform cannot open directories."""
     try:
-        os.fsync(dfd)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
     except OSError:
         pass
     finally:
-        os.close(dfd)
-    return path
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -10,9 +10,10 @@ The path of one image, file to score:
     2. ``backbone.preprocess``   RGB -> (3, H, W)
     3. ``backbone.encode_images`` batch -> global g (B, D), local tokens L (B, P, D)
     4. label names -> prompts -> ``prompts.embed_labels`` -> T (C, D)  (once per label set)
-    5. scores (B, C):
-         no checkpoint: CLIP local+global matching (``modules.matching.match_scores``):
-            mean of softmax_C(top-k patch similarity) and softmax_C(global similarity)
+    5. scores (B, C) from :class:`sigrl.scorer.Scorer`:
+         no checkpoint: CLIP local+global matching with the softmax rule
+            (``modules.matching.match_scores(combine="softmax")``): the mean of
+            softmax_C(top-k patch similarity) and softmax_C(global similarity)
          ``checkpoint=RUN``: the trained head's logits, softmax over the labels
        Either way each image's scores sum to 1 over the given labels, so a threshold
        means the same thing with and without a trained head.
@@ -29,10 +30,12 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .backbones import load_backbone
 from .errors import CheckpointError, UsageError
 from .images import ImageError, find_images, load_image
-from .modules.matching import MODES, match_scores
-from .prompts import clean_labels, embed_labels, load_prompts
+from .modules.matching import MODES
+from .prompts import clean_labels, load_prompts
+from .scorer import Scorer
 
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
@@ -102,18 +105,11 @@ class Tagger:
         self.labels = clean_labels(labels)
         self.mode, self.top_k_patches, self.batch_size = mode, top_k_patches, batch_size
         self.num_workers = num_workers
-        self.head, context = None, None
         if checkpoint is not None:
-            from .backbones import backbone_from_spec
-            from .checkpoint import load_run
-
-            run = load_run(checkpoint, device=device)
-            self.head, context = run.head, run.context
-            self.backbone = backbone or backbone_from_spec(run.backbone_spec, device=device, preprocess=run.preprocess)
-            self.prompts = load_prompts(prompts) if prompts else run.prompts
+            self.scorer = Scorer.from_run(checkpoint, device=device, backbone=backbone)
+            if prompts:
+                self.scorer.text.prompts = load_prompts(prompts)
         else:
-            from .backbones import load_backbone
-
             if backbone is None:
                 model = model or DEFAULT_MODEL
                 if pretrained is None:
@@ -123,10 +119,13 @@ class Tagger:
                     if not Path(model).is_dir():  # an open_clip name: its default weights
                         pretrained = DEFAULT_PRETRAINED
                 backbone = load_backbone(model, pretrained, device=device, preprocess=preprocess)
-            self.backbone = backbone
-            self.prompts = load_prompts(prompts)
+            # the per-image softmax rule, so that scores sum to 1 with and without a head
+            self.scorer = Scorer.clip(backbone, load_prompts(prompts), mode=mode, top_k=top_k_patches,
+                                      combine="softmax")
+        self.scorer.eval()
+        self.backbone, self.prompts, self.head = self.scorer.backbone, self.scorer.text.prompts, self.scorer.head
         with torch.no_grad():
-            self.label_emb = embed_labels(self.backbone, self.labels, self.prompts, context=context)
+            self.label_emb = self.scorer.text(self.labels)
         self._check_finite(checkpoint or pretrained or model or "the backbone")
 
     @torch.no_grad()
@@ -149,10 +148,8 @@ class Tagger:
     @torch.no_grad()
     def score_features(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
         """global (B, D), local (B, P, D) -> scores (B, C), each row summing to 1."""
-        if self.head is not None:
-            logits = self.head(global_feats, local_feats, self.label_emb, label_names=self.labels)
-            return torch.softmax(logits.float(), dim=-1)
-        return match_scores(global_feats, local_feats, self.label_emb, top_k=self.top_k_patches, mode=self.mode)
+        scores = self.scorer(global_feats, local_feats, self.labels)
+        return torch.softmax(scores, dim=-1) if self.head is not None else scores
 
     def iter_scores(self, paths: list[Path], progress: bool = False) -> Iterator[tuple[Path, torch.Tensor | None, str | None]]:
         """Yield ``(path, scores (C,) or None, error or None)`` in input order."""

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from sigrl.bench import Scorer, bench_runs, evaluate_zero_shot, score_split
+from sigrl.bench import bench_runs, evaluate_zero_shot
+from sigrl.experiment import split_part
+from sigrl.scorer import Scorer, score_part
 from sigrl.cli import main
 from sigrl.data.csvdata import load_csv_dataset
 from sigrl.prompts import load_prompts
@@ -40,8 +42,10 @@ def shapes_dataset(tmp_path):
 
 def test_cached_scores_match_live_tagging(shapes_dataset, tiny_backbone, tmp_path):
     ds = load_csv_dataset(shapes_dataset)
-    scorer = Scorer("clip", tiny_backbone, load_prompts("photo"))
-    scores, targets = score_split(scorer, ds.test, tmp_path / "cache", progress=False)
+    scorer = Scorer.clip(tiny_backbone, load_prompts("photo"), combine="softmax")  # Tagger's rule
+    part = split_part(ds.test, tiny_backbone, tmp_path / "cache", unseen=ds.unseen, progress=False)
+    (scores,) = score_part(scorer, part, [part.labels])
+    scores = scores.numpy()
     tagger = Tagger(ds.test.labels, backbone=tiny_backbone, prompts="photo")
     live = np.stack([s.numpy() for _, s, _ in tagger.iter_scores([ds.test.path(i) for i in range(len(ds.test))])])
     assert scores.shape == live.shape == (9, 6)

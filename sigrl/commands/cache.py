@@ -42,8 +42,7 @@ def run_build(args) -> int:
     from ..cache import cache_dir_for, ensure_cache
     from ..config import load_config
     from ..errors import UsageError
-    from ..paths import cache_dir
-    from ..train import build_backbone, load_dataset
+    from ..experiment import build_backbone, features_root, open_dataset
 
     cfg = load_config(args.config, args.overrides)
     state = PartialState(cpu=not __import__("torch").cuda.is_available())
@@ -52,9 +51,9 @@ def run_build(args) -> int:
     if bad:
         raise UsageError(f"--splits: unknown split(s) {', '.join(bad)} (use train, val, test)")
     with state.main_process_first():
-        dataset, world = load_dataset(cfg)
+        dataset, world = open_dataset(cfg)
         backbone = build_backbone(cfg, world, state.device)
-    root = Path(cfg.cache.dir) if cfg.cache.dir else cache_dir() / "features"
+    root = features_root(cfg)
     failed = 0
     for name in wanted:
         split = getattr(dataset, name)

@@ -13,10 +13,7 @@ import sys
 from ..errors import SigrlError
 
 
-# spelled out (importing the registries would import torch for every --help); a test
-# checks them against sigrl.losses.LOSSES and sigrl.methods.RECOVERIES
-LOSS_NAMES = "full an wan epr role em em_apl ll_r vlpl ranking"
-RECOVERY_NAMES = "sst clsl"
+from ..registry import HEADS, LOSSES, RECOVERIES  # names only: no torch import for --help
 
 
 def register(sub, verb: str, help_text: str) -> None:
@@ -36,9 +33,9 @@ def register(sub, verb: str, help_text: str) -> None:
                "  sigrl train configs/world_spml_an.yaml --set data.observed=partial --set data.proportion=0.1 "
                "--set loss.name=full --set method.name=sst\n"
                "  torchrun --nproc_per_node 2 -m sigrl train configs/world_zsl.yaml\n\n"
-               f"losses (loss.name): {LOSS_NAMES}; "
+               f"heads (head.class): {' '.join(HEADS.names)}; losses (loss.name): {' '.join(LOSSES.names)}; "
                "+ loss.transport_weight=W adds the conditional-transport loss; "
-               f"label recovery (method.name): {RECOVERY_NAMES}")
+               f"label recovery (method.name): {' '.join(RECOVERIES.names)}")
     p.add_argument("config", help="a run config (YAML), e.g. configs/world_zsl.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable; value parsed as YAML)")

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import DataError, SigrlError, UnsafeFileError, UsageError
 from .base import MultiLabelSplit
+from .formats import LoadedDataset, load_dataset
 
 __all__ = ["FORMATS", "CheckReport", "check_dataset", "check_images"]
 
@@ -172,15 +173,15 @@ def check_images(split: MultiLabelSplit, source: str, max_images: int | None, pr
 
 
 def _load_csv(root: Path, report: CheckReport, problems: list[str]):
-    from .csvdata import find_split_file, load_csv_dataset
+    loaded = load_dataset("csv", root, problems=problems)
+    report.seen_labels, report.unseen_labels = len(loaded.dataset.seen), len(loaded.dataset.unseen)
+    return _roles(loaded)
 
-    ds = load_csv_dataset(root, problems=problems)
-    report.seen_labels, report.unseen_labels = len(ds.seen), len(ds.unseen)
-    out = [("train", ds.train, str(find_split_file(root, "train"))),
-           ("test", ds.test, str(find_split_file(root, "test")))]
-    if ds.val is not None:
-        out.append(("val", ds.val, str(find_split_file(root, "val"))))
-    return out
+
+def _roles(loaded: LoadedDataset) -> list[tuple[str, MultiLabelSplit, str]]:
+    ds = loaded.dataset
+    splits = {"train": ds.train, "test": ds.test, "val": ds.val}
+    return [(role, splits[role], src) for role, src in loaded.sources.items() if splits.get(role) is not None]
 
 
 def _load_nuswide(root: Path, report: CheckReport, problems: list[str]):
@@ -189,7 +190,7 @@ def _load_nuswide(root: Path, report: CheckReport, problems: list[str]):
     report.layout = nw.detect_layout(root)
     seen, unseen = nw.nuswide_labels(root)  # label files first: counted even if a later file is missing
     report.seen_labels, report.unseen_labels = len(seen), len(unseen)
-    ds = nw.load_nuswide(root, layout=report.layout, problems=problems)
+    ds = load_dataset("nuswide", root, {"layout": report.layout}, problems=problems).dataset
     if (ds.seen and len(ds.seen) != nw.N_SEEN) or len(ds.unseen) != nw.N_UNSEEN:
         report.notes.append(
             f"{len(ds.seen)} seen / {len(ds.unseen)} unseen labels; the zero-shot protocol has "
@@ -211,47 +212,13 @@ def _load_nuswide(root: Path, report: CheckReport, problems: list[str]):
     return [("train", ds.train, str(sources[0])), ("test", ds.test, str(sources[1]))]
 
 
-def _load_voc(root: Path, report: CheckReport, problems: list[str], year=None):
-    from .voc import VOC_CLASSES, find_voc_root, load_voc, read_split_ids
-
-    vroot = find_voc_root(root, year)
-    report.layout = vroot.name
-    main = vroot / "ImageSets" / "Main"
-    have = [s for s in ("train", "val", "trainval", "test") if (main / f"{s}.txt").is_file()]
-    test_ids = read_split_ids(vroot, "test") if "test" in have else []
-    if test_ids and (vroot / "Annotations" / f"{test_ids[0]}.xml").is_file():
-        train_name, test_name = "trainval", "test"  # VOC2007: test annotations are public
-    else:
-        train_name, test_name = "train", "val"  # VOC2012 SPML protocol: official val = test
-        if "test" in have:
-            report.notes.append("test split has no annotations: using train / val")
-    report.seen_labels = len(VOC_CLASSES)
-    report.notes.append(f"train = {train_name}, test = {test_name}; a class present only as difficult is unknown (0)")
-    out = []
-    for role, s in (("train", train_name), ("test", test_name)):
-        out.append((role, load_voc(vroot, s, problems=problems), str(main / f"{s}.txt")))
-    return out
-
-
-def _load_coco(root: Path, report: CheckReport, problems: list[str], year=None):
-    from .coco import annotation_file, find_coco_splits, load_coco
-
-    found = find_coco_splits(root)
-    years = [str(year)] if year else ["2014", "2017"]
-    year_ = next((y for y in years if f"train{y}" in found or f"val{y}" in found), years[0])
-    for s in (f"train{year_}", f"val{year_}"):
-        if s not in found:
-            raise DataError(f"{annotation_file(root, s)}: file not found (expected the COCO instances JSON)")
-    report.layout = year_
-    report.notes.append(f"train = train{year_}, test = val{year_} (SPML protocol)")
-    out = []
-    for role, s in (("train", f"train{year_}"), ("test", f"val{year_}")):
-        split = load_coco(root, s, problems=problems)
-        out.append((role, split, str(annotation_file(root, s))))
-    report.seen_labels = len(out[0][1].labels)
-    if report.seen_labels != 80:
-        report.notes.append(f"{report.seen_labels} categories (real COCO has 80)")
-    return out
+def _load_split_pair(fmt: str, root: Path, report: CheckReport, problems: list[str], year=None):
+    """VOC / COCO: the train and test splits the trainer would use (sigrl.data.formats)."""
+    loaded = load_dataset(fmt, root, {"year": year} if year else {}, problems=problems)
+    report.layout = loaded.layout
+    report.notes += loaded.notes
+    report.seen_labels = len(loaded.dataset.train.labels)
+    return _roles(loaded)
 
 
 def check_dataset(fmt: str, root: str | Path, *, max_images: int | None = None, progress: bool = True,
@@ -280,10 +247,8 @@ def check_dataset(fmt: str, root: str | Path, *, max_images: int | None = None, 
             splits = _load_csv(root, report, problems)
         elif fmt == "nuswide":
             splits = _load_nuswide(root, report, problems)
-        elif fmt == "voc":
-            splits = _load_voc(root, report, problems, year)
         else:
-            splits = _load_coco(root, report, problems, year)
+            splits = _load_split_pair(fmt, root, report, problems, year)
     except SigrlError as err:
         report.error = str(err)
         report.problems = problems

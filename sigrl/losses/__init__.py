@@ -11,7 +11,7 @@ tensors::
 -1 (observed negative) and 0 (unobserved). ``index`` (B,) are dataset indices (used by
 ``role``); ``epoch`` (0-based) is used by ``ll_r``.
 
-Names (``LOSSES``):
+Names (``LOSSES``, from :data:`sigrl.registry.LOSSES`):
     full     BCE on the observed entries only (upper bound when all labels are known)
     an       assume negative: unobserved entries count as negatives
     wan      weighted AN: assumed negatives weighted 1/(C-1)
@@ -28,47 +28,24 @@ takes label-specific features rather than logits, so it is not in this registry.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 
 from torch import nn
 
 from sigrl.errors import ConfigError
+from sigrl.registry import LOSSES as _LOSSES
 
-# name -> (module, class)
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "full": ("sigrl.losses.spml", "FullLabelLoss"),
-    "an": ("sigrl.losses.spml", "AssumeNegativeLoss"),
-    "wan": ("sigrl.losses.spml", "WeightedAssumeNegativeLoss"),
-    "epr": ("sigrl.losses.spml", "ExpectedPositiveRegularizationLoss"),
-    "role": ("sigrl.losses.spml", "OnlineLabelEstimationLoss"),
-    "em": ("sigrl.losses.spml", "EntropyMaximizationLoss"),
-    "em_apl": ("sigrl.losses.spml", "AsymmetricPseudoLabelLoss"),
-    "ll_r": ("sigrl.losses.spml", "LargeLossRejectionLoss"),
-    "vlpl": ("sigrl.methods.vlpl", "VLPLLoss"),
-    "ranking": ("sigrl.losses.ranking", "RankingLoss"),
-}
-
-LOSSES: tuple[str, ...] = tuple(_REGISTRY)
-
-# Names re-exported lazily (so importing this package never fails if a module is absent).
-_LAZY = {
-    "RankingLoss": ("sigrl.losses.ranking", "RankingLoss"),
-    "ConditionalTransportLoss": ("sigrl.losses.transport", "ConditionalTransportLoss"),
-    **{cls: (mod, cls) for mod, cls in _REGISTRY.values()},
-}
+LOSSES: tuple[str, ...] = _LOSSES.names
 
 
-def _resolve(module: str, attr: str):
-    return getattr(importlib.import_module(module), attr)
+def __getattr__(name):  # the loss classes, imported on first use (sigrl.losses.AssumeNegativeLoss)
+    if name == "ConditionalTransportLoss":
+        from sigrl.losses.transport import ConditionalTransportLoss
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        try:
-            return _resolve(*_LAZY[name])
-        except ModuleNotFoundError as err:  # e.g. sigrl.losses.ranking not written yet
-            raise AttributeError(f"sigrl.losses.{name} is not available: {err}") from err
+        return ConditionalTransportLoss
+    key = _LOSSES.resolve_name(name)
+    if key is not None and name != key:
+        return _LOSSES.get(key)
     raise AttributeError(f"module 'sigrl.losses' has no attribute {name!r}")
 
 
@@ -86,13 +63,9 @@ def build_loss(name: str, **options) -> nn.Module:
     Raises ``ConfigError`` for an unknown name, an unknown or missing option or a bad value.
     """
     key = str(name).lower()
-    if key not in _REGISTRY:
+    if key not in _LOSSES.names:
         raise ConfigError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
-    module, attr = _REGISTRY[key]
-    try:
-        cls = _resolve(module, attr)
-    except (ModuleNotFoundError, AttributeError) as err:
-        raise ConfigError(f"loss {key!r} is not available in this installation ({err})") from err
+    cls = _LOSSES.get(key)
     # a loss without its own __init__ takes no options (nn.Module.__init__ takes *args, **kwargs)
     params = {} if cls.__init__ is nn.Module.__init__ else inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())

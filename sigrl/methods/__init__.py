@@ -22,6 +22,7 @@ import inspect
 from torch import Tensor
 
 from sigrl.errors import ConfigError
+from sigrl.registry import RECOVERIES as _RECOVERIES
 
 
 class LabelRecovery:
@@ -56,11 +57,7 @@ class LabelRecovery:
         return None
 
 
-_RECOVERIES: dict[str, tuple[str, str]] = {
-    "sst": ("sigrl.methods.sst", "StructuredSemanticTransfer"),
-    "clsl": ("sigrl.methods.clsl", "CollaborativeLabelRecovery"),
-}
-RECOVERIES: tuple[str, ...] = tuple(_RECOVERIES)
+RECOVERIES: tuple[str, ...] = _RECOVERIES.names
 
 _LAZY = {
     "vlpl_pseudo_labels": ("sigrl.methods.vlpl", "vlpl_pseudo_labels"),
@@ -85,10 +82,9 @@ def build_recovery(name: str, **options) -> LabelRecovery:
     Raises ``ConfigError`` for an unknown name, an unknown option or a bad value.
     """
     key = str(name).lower()
-    if key not in _RECOVERIES:
+    if key not in RECOVERIES:
         raise ConfigError(f"unknown label recovery {name!r}; choose one of: {', '.join(RECOVERIES)}")
-    module, attr = _RECOVERIES[key]
-    cls = getattr(importlib.import_module(module), attr)
+    cls = _RECOVERIES.get(key)
     params = inspect.signature(cls.__init__).parameters
     valid = [n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     unknown = sorted(set(options) - set(valid))

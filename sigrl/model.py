@@ -1,0 +1,134 @@
+"""What a run trains: the label text, the head and the loss, as one module.
+
+    text   = LabelText(backbone, prompts, n_ctx)     label names -> T (C, D)
+    model  = TrainModule(head, text, loss)           (g, L, labels, observed) -> scalar loss
+    logits = model(g, L, labels)                      (B, C), for scoring (sigrl.scorer)
+
+The backbone is never a submodule: it is frozen, shared, and never saved with a run;
+the head consumes the backbone's features (from the cache or encoded live).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import build_head as make_head
+from .config import Config
+from .errors import ConfigError
+from .losses import build_loss as make_loss
+from .losses.transport import ConditionalTransportLoss
+from .methods import build_recovery as make_recovery
+from .prompts import embed_labels
+
+__all__ = ["LabelText", "TrainModule", "build_model", "build_head", "build_recovery", "lr_lambda"]
+
+
+class LabelText(nn.Module):
+    """Label names -> label embeddings T (C, D) through the prompts and the frozen text
+    encoder; with prompt tuning, ``context`` (n_ctx, W) learnable vectors shared by all
+    labels (CoOp), initialised N(0, init_std²). Fixed embeddings are computed once per
+    label set and kept. The backbone is not a submodule (frozen, never saved)."""
+
+    def __init__(self, backbone, prompts, n_ctx: int = 0, init_std: float = 0.02, generator=None):
+        super().__init__()
+        object.__setattr__(self, "backbone", backbone)
+        self.prompts = prompts
+        self.context = None
+        if n_ctx:
+            init = torch.randn(n_ctx, backbone.text_width, generator=generator) * init_std
+            self.context = nn.Parameter(init)
+        self._fixed: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, labels: list[str]) -> torch.Tensor:
+        if self.context is None:
+            key = tuple(labels)
+            if key not in self._fixed:
+                with torch.no_grad():
+                    self._fixed[key] = embed_labels(self.backbone, list(labels), self.prompts).detach()
+            return self._fixed[key]
+        return embed_labels(self.backbone, list(labels), self.prompts, context=self.context)
+
+
+class TrainModule(nn.Module):
+    """What is trained, as one module (so Accelerate/DDP syncs all of it): the head, the
+    prompt context (in ``text``) and the loss's own state (e.g. ROLE's label estimates).
+
+    ``forward(g (B,D), l (B,P,D), labels)`` -> logits (B, C);
+    with ``observed`` (B, C) -> the scalar loss: ``loss(logits, observed)``, plus
+    ``transport_weight`` x the conditional-transport cost (SCT) between the head's
+    label-specific features F (B, C, D) and the label embeddings T (C, D) when a
+    ``transport`` loss is given. Each image transports its observed (or recovered)
+    positives (``transport_labels="observed"``), or every label weighted by the model's
+    own detached probability (``"predicted"``)."""
+
+    def __init__(self, head: nn.Module, text: LabelText, loss: nn.Module | None = None, *,
+                 transport: nn.Module | None = None, transport_weight: float = 0.0,
+                 transport_labels: str = "observed"):
+        super().__init__()
+        self.head, self.text, self.loss = head, text, loss
+        self.transport = transport if transport is not None and transport_weight > 0 else None
+        self.transport_weight, self.transport_labels = float(transport_weight), transport_labels
+
+    def forward(self, g, l, labels, observed=None, *, index=None, epoch=None):
+        T = self.text(labels)
+        if observed is None or self.transport is None:
+            logits = self.head(g, l, T, label_names=list(labels))
+            return logits if observed is None else self.loss(logits.float(), observed, index=index, epoch=epoch)
+        logits, extras = self.head(g, l, T, label_names=list(labels), return_extras=True)
+        loss = self.loss(logits.float(), observed, index=index, epoch=epoch)
+        feats = extras.get("label_feats")
+        if feats is None:
+            raise ConfigError(f"loss.transport_weight: head {type(self.head).__name__} returns no label-specific "
+                              "features (it needs local features); set loss.transport_weight=0")
+        if self.transport_labels == "observed":
+            weights = (observed > 0).float()
+        else:
+            weights = torch.sigmoid(logits.detach().float())
+        return loss + self.transport_weight * self.transport(feats.float(), T.float(), weights)
+
+
+def build_head(cfg: Config, exp) -> nn.Module:
+    """``head.class`` with ``head.options``; a head with a label prior (graph="cooc") gets
+    the co-occurrence of the observed training positives."""
+    head = make_head(cfg.head.head_class, exp.backbone.embed_dim, cfg.head.options)
+    if hasattr(head, "set_label_prior"):
+        pos = torch.as_tensor(np.asarray(exp.train.targets) == 1, dtype=torch.float32)
+        head.set_label_prior(list(exp.train.labels), pos.t() @ pos, pos.sum(0))
+    return head
+
+
+def build_model(cfg: Config, exp) -> TrainModule:
+    """The run's TrainModule: head, label text (with a CoOp context when prompts.tune),
+    loss (``loss.name``) and the optional conditional-transport term."""
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    text = LabelText(exp.backbone, exp.prompts, cfg.prompts.n_ctx if cfg.prompts.tune else 0,
+                     cfg.prompts.init_std, generator)
+    head = build_head(cfg, exp)  # before the loss: both may draw from the global RNG, in this order
+    loss = make_loss(cfg.loss.name, num_images=len(exp.train), num_classes=len(exp.train.labels),
+                     num_epochs=cfg.train.epochs, **cfg.loss.options)
+    transport = ConditionalTransportLoss(tau=cfg.loss.transport_tau) if cfg.loss.transport_weight > 0 else None
+    return TrainModule(head, text, loss, transport=transport,
+                       transport_weight=cfg.loss.transport_weight, transport_labels=cfg.loss.transport_labels)
+
+
+def build_recovery(cfg: Config):
+    """The label-recovery method of ``method.name`` (None for "none")."""
+    return None if cfg.method.name == "none" else make_recovery(cfg.method.name, **cfg.method.options)
+
+
+def lr_lambda(cfg: Config, total_steps: int):
+    """The learning-rate factor per step: linear warm-up, then constant or cosine."""
+    warm = cfg.train.warmup_steps
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.train.scheduler == "cosine":
+            progress = (step - warm) / max(1, total_steps - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor

@@ -1,0 +1,126 @@
+"""The one scorer: backbone features + label names -> scores (B, C).
+
+    scorer = Scorer.clip(backbone, prompts)           plain CLIP local+global matching
+    scorer = Scorer.from_run("runs/x")                a trained run: its backbone, prompts, context, head
+    scores = scorer(global_feats, local_feats, labels)
+    zsl, gzsl = score_part(scorer, part, [unseen, all_labels])
+
+``Tagger``, ``sigrl eval``, ``sigrl bench``, the trainer's evaluation and label
+recovery, and the demo all score through this module. Scores of a trained head are its
+logits; plain matching gives :func:`sigrl.modules.matching.match_scores`. Each call
+scores against exactly the label set it is given: the label graph, the normalisation
+over labels and the embeddings are those of that set, so scoring the unseen labels alone
+(ZSL) is another pass than scoring all labels (GZSL), never a slice of it.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backbones import backbone_from_spec
+from .checkpoint import LoadedRun, load_run
+from .experiment import Part, features, part_dataset
+from .model import LabelText
+from .modules.matching import match_scores
+
+__all__ = ["Scorer", "score_part"]
+
+
+class Scorer(nn.Module):
+    """Label text (backbone, prompts, optional learnt context) + an optional trained head.
+
+    Args:
+        text: the :class:`~sigrl.model.LabelText` that embeds label names.
+        head: a trained head, or None for plain CLIP matching.
+        name: a name for tables and plots.
+        match_options: keyword arguments of ``match_scores`` (plain matching only:
+            ``mode``, ``top_k``, ...).
+    """
+
+    def __init__(self, text: LabelText, head: nn.Module | None = None, *, name: str = "clip",
+                 run: LoadedRun | None = None, **match_options):
+        super().__init__()
+        self.text, self.head, self.name, self.run = text, head, name, run
+        self.match_options = match_options
+
+    @classmethod
+    def clip(cls, backbone, prompts, *, name: str = "clip", **match_options) -> "Scorer":
+        """Plain CLIP matching with ``prompts`` (a PromptSet)."""
+        return cls(LabelText(backbone, prompts), None, name=name, **match_options)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, device="cpu", backbone=None, name: str | None = None) -> "Scorer":
+        """A run written by ``sigrl train`` (the one way to load a run for scoring): its
+        head, prompt set and context; ``backbone`` when given, else the run's own."""
+        run = load_run(run_dir, device=device, backbone=backbone)
+        bb = backbone or backbone_from_spec(run.backbone_spec, device=device, preprocess=run.preprocess)
+        return cls.from_loaded(run, bb, name=name)
+
+    @classmethod
+    def from_loaded(cls, run: LoadedRun, backbone, *, name: str | None = None) -> "Scorer":
+        """A run already read by :func:`~sigrl.checkpoint.load_run`, on ``backbone``."""
+        run.check_backbone(backbone)
+        text = LabelText(backbone, run.prompts)
+        if run.context is not None:
+            text.context = nn.Parameter(run.context.to(backbone.device), requires_grad=False)
+        return cls(text, run.head.to(backbone.device), name=name or run.run_dir.name, run=run)
+
+    @property
+    def backbone(self):
+        return self.text.backbone
+
+    def forward(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, labels: list[str]) -> torch.Tensor:
+        """(B, D), (B, P, D), C label names -> (B, C) float32 scores."""
+        T = self.text(list(labels))
+        if self.head is None:
+            return match_scores(global_feats, local_feats, T.to(global_feats.device), **self.match_options).float()
+        return self.head(global_feats, local_feats, T, label_names=list(labels)).float()
+
+
+def _dist(accelerator) -> tuple[int, int]:
+    if accelerator is None:
+        return 0, 1
+    return accelerator.process_index, accelerator.num_processes
+
+
+@torch.no_grad()
+def score_part(scorer: Scorer, part: Part, label_sets: list[list[str]], accelerator=None,
+               batch_size: int = 128, progress: bool = False) -> list[torch.Tensor]:
+    """Scores of every row of ``part`` for each label set -> list of (len(part), C_s)
+    float32 CPU tensors, on every process (each process scores a contiguous chunk of
+    the rows; the chunks are gathered)."""
+    from tqdm.auto import tqdm
+
+    backbone = scorer.backbone
+    rank, world = _dist(accelerator)
+    device = accelerator.device if accelerator is not None else backbone.device
+    n = len(part)
+    per = math.ceil(n / world) if n else 0
+    lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
+    dataset = torch.utils.data.Subset(part_dataset(part, backbone), range(lo, hi))
+    # own generator: iterating must not consume the global RNG (training randomness)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
+    outs: list[list[torch.Tensor]] = [[] for _ in label_sets]
+    was_training = scorer.training
+    scorer.eval()
+    autocast = accelerator.autocast() if accelerator is not None else torch.autocast("cpu", enabled=False)
+    try:
+        with autocast:
+            for batch in tqdm(loader, desc=f"scoring {scorer.name}", disable=not progress, leave=False):
+                batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                g, l = features(batch, backbone)
+                for j, labels in enumerate(label_sets):
+                    outs[j].append(scorer(g, l, labels))
+    finally:
+        scorer.train(was_training)
+    results = []
+    for j, labels in enumerate(label_sets):
+        local = torch.cat(outs[j]) if outs[j] else torch.zeros(0, len(labels), device=device)
+        if world > 1:
+            pad = torch.zeros(per - local.shape[0], len(labels), device=local.device, dtype=local.dtype)
+            local = accelerator.gather(torch.cat([local, pad]))[:n]
+        results.append(local.cpu())
+    return results
