@@ -22,6 +22,16 @@ def test_quick_demo_writes_valid_results(tmp_path, monkeypatch, capsys):
     assert {"an", "full"} <= set(results["spml"])
     assert all(0.0 <= v["map"] <= 1.0 for v in results["spml"].values())
     assert results["partial"] and all(0.0 <= v["map"] <= 1.0 for v in results["partial"].values())
+    # every trained row names its run, and its number is what `sigrl eval RUN` computes
+    from sigrl.evaluate import evaluate_run
+
+    for section in ("zsl", "gzsl"):
+        for name in ("adapter", "sigrl"):
+            entry = results[section][name]
+            again = evaluate_run(entry["run"], progress=False, write=False)["metrics"]
+            assert entry["map"] == again[f"{section}/mAP"] and entry["f1@3"] == again[f"{section}/F1@3"]
+    for entry in list(results["spml"].values()) + list(results["partial"].values()):
+        assert entry["map"] == evaluate_run(entry["run"], progress=False, write=False)["metrics"]["mAP"]
     with Image.open(out / "tags.png") as im:
         assert im.size[0] > 400
     printed = capsys.readouterr().out
