@@ -277,6 +277,11 @@ def test_training_killed_then_resumed_matches_uninterrupted(point, train_setup, 
     assert "no saved state" not in resumed.stderr  # it continued from the saved epoch, not from scratch
     # epochs finished before the kill are kept, the rest recomputed: all equal the uninterrupted run
     assert metric_rows(run) == expected
+    with open(run / "metrics.csv", newline="") as f:  # kept rows: the first session, the rest: the resumed one
+        sessions = [int(r["time/session"]) for r in csv.DictReader(f)]
+    kept = sessions.count(1)  # the epochs in the saved state; the one being saved at the kill is redone
+    assert sessions == [1] * kept + [2] * (len(expected) - kept) and len(before) - 1 <= kept <= len(before)
+    assert 1 <= kept < len(expected)  # a run that skipped loading the state would be all session 1
     assert json.loads((run / "eval.json").read_text()) == json.loads((full / "eval.json").read_text())
     a, b = load_file(str(run / "head.safetensors")), load_file(str(full / "head.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

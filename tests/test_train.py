@@ -112,6 +112,10 @@ def test_resume_matches_uninterrupted(tmp_path, dataset, tiny_clip_files):
         train(cfg, progress=False)  # refuses to overwrite a run with a saved state
     resumed = train(cfg, resume=True, progress=False)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    # it resumed: epoch 1 was not trained again (kept with its first session and timing)
+    assert first.epochs_trained == 1 and resumed.epochs_trained == 2 and full.epochs_trained == 3
+    assert [r["time/session"] for r in resumed.history] == [1, 2, 2]
+    assert resumed.history[0] == first.history[0]
     strip = lambda h: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)  # bit for bit
     from safetensors.torch import load_file
