@@ -72,6 +72,22 @@ class TrainModule(nn.Module):
         self.transport = transport if transport is not None and transport_weight > 0 else None
         self.transport_weight, self.transport_labels = float(transport_weight), transport_labels
 
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups: a submodule with its own rule (a loss or a
+        backbone part defining ``param_groups(lr, weight_decay)``, e.g. ROLE's label
+        estimates or the fine-tuned ViT blocks' layer-wise lr decay) gives its groups;
+        every other trainable parameter trains at ``lr`` with ``weight_decay``."""
+        groups, claimed = [], set()
+        for part in self.children():
+            if hasattr(part, "param_groups"):
+                for group in part.param_groups(lr, weight_decay):
+                    group["params"] = [p for p in group["params"] if p.requires_grad]
+                    if group["params"]:
+                        groups.append(group)
+                        claimed |= {id(p) for p in group["params"]}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        return [{"params": rest, "lr": lr, "weight_decay": weight_decay}] + groups
+
     def forward(self, g, l, labels, observed=None, *, index=None, epoch=None):
         T = self.text(labels)
         if observed is None or self.transport is None:

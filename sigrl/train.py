@@ -59,8 +59,7 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
     model = build_model(cfg, exp)
     hooks = epoch_hooks(cfg, model.loss)
     facts = setup_hooks(hooks, Scorer(model.text, model.head), exp, verbose=accelerator.is_main_process)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                  weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(model.param_groups(cfg.train.lr, cfg.train.weight_decay))
     train_set = part_dataset(exp.train, exp.backbone, augment=cfg.train.augment)
     # drop_last: an incomplete last batch would be padded with repeated images when split across
     # processes; dropping it (a different one each epoch) keeps 1 and N processes identical
