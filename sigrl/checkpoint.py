@@ -34,6 +34,7 @@ from .registry import HEADS
 from .safeio import atomic_write_bytes, atomic_write_text
 
 HEAD_FILE = "head.safetensors"
+BACKBONE_FILE = "backbone.safetensors"  # fine-tuned image-tower tensors (sigrl.finetune), when trained
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 CONTEXT_KEY = "prompt_context"
@@ -80,7 +81,8 @@ def _config_dict(config) -> dict:
 
 
 def save_run(run_dir: str | Path, *, head: nn.Module, backbone, prompts, labels: list[str], config=None,
-             context: torch.Tensor | None = None, metrics: dict | None = None) -> Path:
+             context: torch.Tensor | None = None, metrics: dict | None = None,
+             backbone_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``head.safetensors``, ``run.json`` and ``config.yaml`` into ``run_dir``.
 
     Args:
@@ -91,6 +93,8 @@ def save_run(run_dir: str | Path, *, head: nn.Module, backbone, prompts, labels:
         config: the resolved run config (dataclass or dict).
         context: learned prompt context vectors (n_ctx, W), or None.
         metrics: metrics to record (e.g. the best epoch's).
+        backbone_tensors: fine-tuned image-tower tensors (``backbone.finetune``), saved
+            in ``backbone.safetensors`` and put back on a copy of the backbone by the scorer.
     """
     from safetensors.torch import save as st_save
 
@@ -124,6 +128,11 @@ def save_run(run_dir: str | Path, *, head: nn.Module, backbone, prompts, labels:
         "metrics": _plain(metrics or {}),
         "head_sha256": _sha256(blob),
     }
+    if backbone_tensors:
+        tuned = st_save({k: v.detach().cpu().contiguous() for k, v in backbone_tensors.items()},
+                        metadata={"format": "sigrl-backbone-tail"})
+        atomic_write_bytes(run_dir / BACKBONE_FILE, tuned)
+        info["backbone_sha256"] = _sha256(tuned)
     atomic_write_bytes(run_dir / HEAD_FILE, blob)
     if config is not None:
         import yaml
@@ -147,6 +156,7 @@ class LoadedRun:
     config: dict
     metrics: dict
     info: dict = field(default_factory=dict)
+    backbone_tensors: dict | None = None  # fine-tuned image-tower tensors, or None (frozen backbone)
 
     @property
     def embed_dim(self) -> int:
@@ -223,6 +233,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", backbone=N
     if int(info.get("n_ctx") or 0) != (0 if context is None else int(context.shape[0])):
         raise CheckpointError(f"{run_dir}: run.json says n_ctx={info.get('n_ctx')} but the weights hold "
                               f"{'no' if context is None else context.shape[0]} context vectors")
+    tuned = None
+    if info.get("backbone_sha256"):
+        path = run_dir / BACKBONE_FILE
+        tuned_blob = path.read_bytes() if path.is_file() else b""
+        if _sha256(tuned_blob) != info["backbone_sha256"]:
+            raise CheckpointError(f"{path}: missing or does not match {RUN_FILE}; retrain or restore the run")
+        tuned = st_load(tuned_blob)
     config: dict = {}
     if (run_dir / CONFIG_FILE).is_file():
         import yaml
@@ -235,7 +252,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", backbone=N
         run_dir=run_dir, head=head.to(device).eval(), backbone_spec=info["backbone"],
         preprocess=info["preprocess"], prompts=PromptSet.from_dict(info["prompts"]),
         context=None if context is None else context.to(device), labels=list(info["labels"]),
-        config=config, metrics=info.get("metrics", {}), info=info)
+        config=config, metrics=info.get("metrics", {}), info=info, backbone_tensors=tuned)
     if backbone is not None:
         run.check_backbone(backbone)
     return run

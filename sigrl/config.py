@@ -15,7 +15,9 @@ Sections (every key has a default; a YAML file names only what it changes):
               (keyword arguments of the dataset loader)
     backbone  model (open_clip name, JSON config, HF directory, or "world"), pretrained,
               preprocess (overrides: image_size, resize_size, interpolation, mean, std),
-              pretrain (model "world": how the tiny model is pre-trained; quick: true for tests)
+              pretrain (model "world": how the tiny model is pre-trained; quick: true for tests),
+              finetune (the paper's regime: {blocks: N} fine-tunes the last N ViT blocks, see
+              sigrl.finetune)
     prompts   name (prompt set or template), tune (learn CoOp context vectors), n_ctx
     head      class (sigrl|adapter), options (keyword arguments of the head)
     loss      name (see sigrl.registry.LOSSES), options; transport_weight (> 0 adds the
@@ -71,6 +73,7 @@ class BackboneConfig:
     pretrained: str | None = None
     preprocess: dict = field(default_factory=dict)
     pretrain: dict = field(default_factory=dict)  # model "world": PretrainSpec fields (+ quick: true)
+    finetune: dict = field(default_factory=dict)  # the paper's regime: {blocks: 2, ...} (sigrl.finetune)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from .config import Config
 from .data import observed as obs
 from .data.formats import load_dataset
 from .errors import ConfigError, DataError, SigrlError
+from .finetune import FinetuneSpec
 from .images import ImageError, load_image
 from .paths import cache_dir
 from .prompts import load_prompts
@@ -183,17 +184,25 @@ def prepare_experiment(cfg: Config, accelerator=None, *, need_train: bool = True
     if cfg.prompts.tune and not hasattr(backbone, "text_width"):
         raise ConfigError("prompts.tune=true needs an open_clip backbone with its own text transformer")
     root = features_root(cfg)
-    live = cfg.train.augment or not cfg.cache.enabled
+    finetune = FinetuneSpec.from_dict(cfg.backbone.finetune).enabled  # the encoder trains: nothing cached
+    live = cfg.train.augment or not cfg.cache.enabled or finetune
     kw = dict(shard_size=cfg.cache.shard_size, batch_size=cfg.cache.build_batch_size, state=state,
               progress=progress and (accelerator is None or accelerator.is_main_process))
 
     def cached(split):
         return ensure_cache(split, backbone, root, **kw)
 
+    def evaluated(name, split, rows, unseen):
+        """A part scored with full labels: from the cache, or (fine-tuning) encoded live."""
+        if finetune:
+            rows = rows[scan_images(split, rows)]
+            return Part(name, split, rows, split.targets[rows], list(split.labels), None, unseen)
+        feats = cached(split)
+        rows = rows[feats.valid[rows]]
+        return Part(name, split, rows, split.targets[rows], list(split.labels), feats, unseen)
+
     ds = dataset
-    test_feats = cached(ds.test)
-    test = Part("test", ds.test, np.flatnonzero(test_feats.valid), ds.test.targets[test_feats.valid],
-                list(ds.test.labels), test_feats, list(ds.unseen))
+    test = evaluated("test", ds.test, np.arange(len(ds.test)), list(ds.unseen))
     train = val = None
     if need_train:
         train_feats = None if live else cached(ds.train)
@@ -215,13 +224,9 @@ def prepare_experiment(cfg: Config, accelerator=None, *, need_train: bool = True
                             "images and, in zero-shot mode, images without a seen positive)")
         train = Part("train", ds.train, keep, observed[keep], list(ds.train.labels), train_feats)
         if ds.val is not None:
-            val_feats = cached(ds.val)
-            val = Part("val", ds.val, np.flatnonzero(val_feats.valid), ds.val.targets[val_feats.valid],
-                       list(ds.val.labels), val_feats, [u for u in ds.unseen if u in ds.val.labels])
+            val = evaluated("val", ds.val, np.arange(len(ds.val)), [u for u in ds.unseen if u in ds.val.labels])
         elif val_rows is not None:
-            vfeats = train_feats or cached(ds.train)
-            vr = val_rows[vfeats.valid[val_rows]]
-            val = Part("val", ds.train, vr, full[vr], list(ds.train.labels), vfeats)
+            val = evaluated("val", ds.train, val_rows, [])
     return Experiment(cfg, dataset, backbone, prompts, train, val, test, world)
 
 
@@ -252,23 +257,27 @@ class ImageRows(torch.utils.data.Dataset):
         return {"index": i, "pixels": self.transform(img), "target": self.targets[i]}
 
 
-def augment_transform(pre) -> object:
-    """Random resized crop + horizontal flip, then the backbone's normalisation."""
+def augment_transform(pre, randaugment: bool = False) -> object:
+    """Random resized crop + horizontal flip (+ RandAugment: the fine-tuning regime), then
+    the backbone's normalisation."""
     from torchvision import transforms as T  # only augmented runs need torchvision
 
     return T.Compose([
         T.RandomResizedCrop(pre.image_size, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
+        *([T.RandAugment()] if randaugment else []),
         T.ToTensor(),
         T.Normalize(pre.mean, pre.std),
     ])
 
 
-def part_dataset(part: Part, backbone, augment: bool = False) -> torch.utils.data.Dataset:
+def part_dataset(part: Part, backbone, augment: bool = False, randaugment: bool = False) -> torch.utils.data.Dataset:
     """Cached features when the part has a cache, else live images."""
     if part.features is not None:
         return FeatureDataset(part.features, part.rows, part.targets)
-    return ImageRows(part, augment_transform(backbone.preprocess_config) if augment else backbone.preprocess)
+    if augment or randaugment:
+        return ImageRows(part, augment_transform(backbone.preprocess_config, randaugment))
+    return ImageRows(part, backbone.preprocess)
 
 
 def features(batch: dict, backbone) -> tuple[torch.Tensor, torch.Tensor]:

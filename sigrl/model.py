@@ -18,6 +18,7 @@ from torch import nn
 from .checkpoint import build_head as make_head
 from .config import Config
 from .errors import ConfigError
+from .finetune import FinetunedTail, FinetuneSpec
 from .losses import build_loss as make_loss
 from .losses.transport import ConditionalTransportLoss
 from .methods import build_recovery as make_recovery
@@ -66,11 +67,12 @@ class TrainModule(nn.Module):
 
     def __init__(self, head: nn.Module, text: LabelText, loss: nn.Module | None = None, *,
                  transport: nn.Module | None = None, transport_weight: float = 0.0,
-                 transport_labels: str = "observed"):
+                 transport_labels: str = "observed", visual: FinetunedTail | None = None):
         super().__init__()
         self.head, self.text, self.loss = head, text, loss
         self.transport = transport if transport is not None and transport_weight > 0 else None
         self.transport_weight, self.transport_labels = float(transport_weight), transport_labels
+        self.visual = visual  # the paper's regime: trained ViT blocks (then forward takes pixels)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Optimizer parameter groups: a submodule with its own rule (a loss or a
@@ -88,13 +90,19 @@ class TrainModule(nn.Module):
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
         return [{"params": rest, "lr": lr, "weight_decay": weight_decay}] + groups
 
-    def forward(self, g, l, labels, observed=None, *, index=None, epoch=None):
+    def forward(self, g, l, labels, observed=None, *, index=None, epoch=None, pixels=None):
+        distill = 0.0
+        if self.visual is not None:  # fine-tuning: encode here, so the ViT blocks get gradients
+            g, l, distill = self.visual(pixels)
+            distill = self.visual.spec.distill_weight * distill
         T = self.text(labels)
         if observed is None or self.transport is None:
             logits = self.head(g, l, T, label_names=list(labels))
-            return logits if observed is None else self.loss(logits.float(), observed, index=index, epoch=epoch)
+            if observed is None:
+                return logits
+            return self.loss(logits.float(), observed, index=index, epoch=epoch) + distill
         logits, extras = self.head(g, l, T, label_names=list(labels), return_extras=True)
-        loss = self.loss(logits.float(), observed, index=index, epoch=epoch)
+        loss = self.loss(logits.float(), observed, index=index, epoch=epoch) + distill
         feats = extras.get("label_feats")
         if feats is None:
             raise ConfigError(f"loss.transport_weight: head {type(self.head).__name__} returns no label-specific "
@@ -126,8 +134,10 @@ def build_model(cfg: Config, exp) -> TrainModule:
     loss = make_loss(cfg.loss.name, num_images=len(exp.train), num_classes=len(exp.train.labels),
                      num_epochs=cfg.train.epochs, **cfg.loss.options)
     transport = ConditionalTransportLoss(tau=cfg.loss.transport_tau) if cfg.loss.transport_weight > 0 else None
-    return TrainModule(head, text, loss, transport=transport,
-                       transport_weight=cfg.loss.transport_weight, transport_labels=cfg.loss.transport_labels)
+    finetune = FinetuneSpec.from_dict(cfg.backbone.finetune)
+    visual = FinetunedTail(exp.backbone, finetune) if finetune.enabled else None
+    return TrainModule(head, text, loss, transport=transport, transport_weight=cfg.loss.transport_weight,
+                       transport_labels=cfg.loss.transport_labels, visual=visual)
 
 
 def build_recovery(cfg: Config):

@@ -23,6 +23,7 @@ from torch import nn
 from .backbones import backbone_from_spec
 from .checkpoint import LoadedRun, load_run
 from .experiment import Part, features, part_dataset
+from .finetune import apply_tail_state
 from .model import LabelText
 from .modules.matching import match_scores
 
@@ -63,6 +64,8 @@ class Scorer(nn.Module):
     def from_loaded(cls, run: LoadedRun, backbone, *, name: str | None = None) -> "Scorer":
         """A run already read by :func:`~sigrl.checkpoint.load_run`, on ``backbone``."""
         run.check_backbone(backbone)
+        if run.backbone_tensors:  # the paper's regime: the run's fine-tuned ViT blocks, on a copy
+            backbone = apply_tail_state(backbone, run.backbone_tensors)
         text = LabelText(backbone, run.prompts)
         if run.context is not None:
             text.context = nn.Parameter(run.context.to(backbone.device), requires_grad=False)

@@ -33,6 +33,7 @@ from .config import Config, config_to_dict
 from .errors import ConfigError
 from .evaluate import evaluate_parts, metric_keys
 from .experiment import Experiment, features, part_dataset, prepare_experiment
+from .finetune import FinetuneSpec, tail_state
 from .hooks import before_epoch, epoch_hooks, setup_hooks
 from .model import TrainModule, build_model, lr_lambda
 from .scorer import Scorer
@@ -60,7 +61,9 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
     hooks = epoch_hooks(cfg, model.loss)
     facts = setup_hooks(hooks, Scorer(model.text, model.head), exp, verbose=accelerator.is_main_process)
     optimizer = torch.optim.AdamW(model.param_groups(cfg.train.lr, cfg.train.weight_decay))
-    train_set = part_dataset(exp.train, exp.backbone, augment=cfg.train.augment)
+    finetune = FinetuneSpec.from_dict(cfg.backbone.finetune)
+    train_set = part_dataset(exp.train, exp.backbone, augment=cfg.train.augment,
+                             randaugment=finetune.enabled and finetune.randaugment)
     # drop_last: an incomplete last batch would be padded with repeated images when split across
     # processes; dropping it (a different one each epoch) keeps 1 and N processes identical
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
@@ -91,8 +94,9 @@ def train(cfg: Config, *, resume: bool = False, stop_after: int | None = None, p
         t0, losses = time.time(), []
         for batch in progress_bar(loader, accelerator, progress, f"epoch {epoch + 1}/{cfg.train.epochs}"):
             with accelerator.accumulate(model):
-                g, l = features(batch, exp.backbone)
-                loss = model(g, l, labels, batch["target"], index=batch["index"], epoch=epoch)
+                g, l = features(batch, exp.backbone) if core.visual is None else (None, None)  # else: fine-tuning
+                loss = model(g, l, labels, batch["target"], index=batch["index"], epoch=epoch,
+                             pixels=batch.get("pixels"))
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
@@ -172,8 +176,10 @@ def end_epoch(accelerator, state: Progress, row: dict, early: str | None, model:
     improved = state.record(row, early)
     if accelerator.is_main_process:
         if improved:
+            tuned = tail_state(exp.backbone, model.visual.spec) if model.visual is not None else None
             save_run(run_dir, head=model.head, backbone=exp.backbone, prompts=exp.prompts,
-                     labels=list(exp.train.labels), config=exp.cfg, context=model.text.context, metrics=row)
+                     labels=list(exp.train.labels), config=exp.cfg, context=model.text.context, metrics=row,
+                     backbone_tensors=tuned)
         write_metrics_csv(run_dir / "metrics.csv", state.history)
         print(_epoch_line(row), file=sys.stderr)
     if exp.cfg.trackers:
