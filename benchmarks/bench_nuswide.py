@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sigrl.data.nuswide import name_to_relpath, read_image_names  # noqa: E402
-from sigrl.metrics import f1_at_k, mean_average_precision  # noqa: E402
+from sigrl.metrics import precision_recall_f1_at_k, mean_average_precision  # noqa: E402
 from sigrl.safeio import safe_load_pickle  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def bench_metrics(n: int, c: int, seed: int) -> None:
     print(f"[metrics] mAP (empty classes skipped)  {m1:.4f}   {t1:7.2f} s")
     print(f"[metrics] mAP over last 81 columns     {zsl:.4f}   {tz:7.2f} s")
     for k in (3, 5):
-        (p, r, f), tk = timed(f1_at_k, scores, targets, k)
+        (p, r, f), tk = timed(precision_recall_f1_at_k, scores, targets, k)
         print(f"[metrics] P/R/F1@{k}  {p:.4f} / {r:.4f} / {f:.4f}   {tk:7.2f} s")
 
 

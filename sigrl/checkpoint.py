@@ -27,9 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
+from . import __version__
+from .config import config_to_dict
 from .errors import CheckpointError, ConfigError
+from .prompts import PromptSet, load_prompts
 from .registry import HEADS
 from .safeio import atomic_write_bytes, atomic_write_text
 
@@ -75,8 +82,6 @@ def _config_dict(config) -> dict:
         return {}
     if isinstance(config, dict):
         return config
-    from .config import config_to_dict
-
     return config_to_dict(config)
 
 
@@ -96,11 +101,6 @@ def save_run(run_dir: str | Path, *, head: nn.Module, backbone, prompts, labels:
         backbone_tensors: fine-tuned image-tower tensors (``backbone.finetune``), saved
             in ``backbone.safetensors`` and put back on a copy of the backbone by the scorer.
     """
-    from safetensors.torch import save as st_save
-
-    from . import __version__
-    from .prompts import load_prompts
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     name = type(head).__name__
@@ -135,8 +135,6 @@ def save_run(run_dir: str | Path, *, head: nn.Module, backbone, prompts, labels:
         info["backbone_sha256"] = _sha256(tuned)
     atomic_write_bytes(run_dir / HEAD_FILE, blob)
     if config is not None:
-        import yaml
-
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(_config_dict(config), sort_keys=False))
     atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=1))
     return run_dir
@@ -179,11 +177,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", backbone=N
             unknown head class, or a head whose embed_dim differs from the backbone's
             (the recorded one, or ``backbone`` when given).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
-    from .prompts import PromptSet
-
     run_dir = Path(run_dir)
     info_path, head_path = run_dir / RUN_FILE, run_dir / HEAD_FILE
     if not run_dir.is_dir():
@@ -242,8 +235,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", backbone=N
         tuned = st_load(tuned_blob)
     config: dict = {}
     if (run_dir / CONFIG_FILE).is_file():
-        import yaml
-
         try:
             config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:

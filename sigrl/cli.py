@@ -48,24 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, module, help_text in VERBS:
-        try:
-            mod = importlib.import_module(f".commands.{module}", __package__)
-        except ModuleNotFoundError as err:
-            if err.name != f"{__package__}.commands.{module}":
-                raise
-            p = sub.add_parser(verb, help=f"{help_text} [not built yet]", description=help_text)
-            p.set_defaults(func=_not_built(verb))
-            continue
-        mod.register(sub, verb, help_text)
+        importlib.import_module(f".commands.{module}", __package__).register(sub, verb, help_text)
     return parser
-
-
-def _not_built(verb: str):
-    def run(args) -> int:
-        print(f"sigrl {verb}: not built yet in this version of sigrl.", file=sys.stderr)
-        return 2
-
-    return run
 
 
 def _rank() -> str:

@@ -43,7 +43,7 @@ import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["average_precision_per_class", "mean_average_precision", "f1_at_k", "precision_recall_f1_at_k"]
+__all__ = ["average_precision_per_class", "mean_average_precision", "precision_recall_f1_at_k"]
 
 _BLOCK_BYTES = 64 * 2**20
 
@@ -180,8 +180,3 @@ def precision_recall_f1_at_k(scores, targets, k: int) -> tuple[float, float, flo
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return float(precision), float(recall), float(f1)
 
-
-def f1_at_k(scores, targets, k: int) -> tuple[float, float, float]:
-    """``(precision, recall, f1)`` at top-k, pooled over images (alias of
-    :func:`precision_recall_f1_at_k`)."""
-    return precision_recall_f1_at_k(scores, targets, k)

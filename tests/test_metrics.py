@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, precision_score, recall_score
 
 from sigrl.errors import UsageError
-from sigrl.metrics import average_precision_per_class, f1_at_k, mean_average_precision
+from sigrl.metrics import average_precision_per_class, precision_recall_f1_at_k, mean_average_precision
 
 
 def col(*values):
@@ -120,12 +120,12 @@ def test_blocking_gives_same_result(monkeypatch):
     scores = rng.random((500, 37), dtype=np.float32)
     targets = rng.choice(np.array([1, -1, 0], dtype=np.int8), size=(500, 37))
     whole = average_precision_per_class(scores, targets)
-    whole_f1 = f1_at_k(scores, targets, 3)
+    whole_f1 = precision_recall_f1_at_k(scores, targets, 3)
     monkeypatch.setattr(metrics, "_BLOCK_BYTES", 500 * 5 * 3)  # blocks of 3 columns
     np.testing.assert_array_equal(average_precision_per_class(scores, targets), whole)
     monkeypatch.setattr(metrics, "_BLOCK_BYTES", 1)  # one column / one row at a time
     np.testing.assert_array_equal(average_precision_per_class(scores, targets), whole)
-    assert f1_at_k(scores, targets, 3) == whole_f1
+    assert precision_recall_f1_at_k(scores, targets, 3) == whole_f1
 
 
 # ---------------------------------------------------------------------------- F1@k
@@ -135,24 +135,24 @@ def test_f1_hand_worked():
     scores = np.array([[0.9, 0.1, 0.8, 0.3], [0.2, 0.7, 0.6, 0.1]])
     targets = np.array([[1, -1, -1, 1], [-1, 1, 0, 1]])
     # k=2: image 0 predicts {0, 2} (1 TP), image 1 predicts {1, 2} (1 TP; col 2 is unknown)
-    p, r, f = f1_at_k(scores, targets, 2)
+    p, r, f = precision_recall_f1_at_k(scores, targets, 2)
     assert (p, r, f) == pytest.approx((2 / 4, 2 / 4, 0.5))
     # k=1: both top-1 are positives: P = 1, R = 2/4, F1 = 2/3
-    assert f1_at_k(scores, targets, 1) == pytest.approx((1.0, 0.5, 2 / 3))
+    assert precision_recall_f1_at_k(scores, targets, 1) == pytest.approx((1.0, 0.5, 2 / 3))
 
 
 def test_f1_ties_and_degenerate_cases():
     # ties at the k-th score are broken by lower column index
-    assert f1_at_k(np.array([[0.5, 0.5, 0.5]]), np.array([[-1, -1, 1]]), 1) == (0.0, 0.0, 0.0)
-    assert f1_at_k(np.array([[0.5, 0.5, 0.5]]), np.array([[1, -1, -1]]), 1) == (1.0, 1.0, 1.0)
+    assert precision_recall_f1_at_k(np.array([[0.5, 0.5, 0.5]]), np.array([[-1, -1, 1]]), 1) == (0.0, 0.0, 0.0)
+    assert precision_recall_f1_at_k(np.array([[0.5, 0.5, 0.5]]), np.array([[1, -1, -1]]), 1) == (1.0, 1.0, 1.0)
     # top-2 of [0.5, 0.9, 0.5] = {1, 0}: the tie at 0.5 goes to column 0 (a negative)
-    assert f1_at_k(np.array([[0.5, 0.9, 0.5]]), np.array([[-1, 1, 1]]), 2) == (0.5, 0.5, 0.5)
+    assert precision_recall_f1_at_k(np.array([[0.5, 0.9, 0.5]]), np.array([[-1, 1, 1]]), 2) == (0.5, 0.5, 0.5)
     # no positive anywhere: R = 0, F1 = 0
-    assert f1_at_k(np.ones((2, 3)), -np.ones((2, 3)), 2) == (0.0, 0.0, 0.0)
+    assert precision_recall_f1_at_k(np.ones((2, 3)), -np.ones((2, 3)), 2) == (0.0, 0.0, 0.0)
     with pytest.raises(UsageError, match="k must be"):
-        f1_at_k(np.ones((2, 3)), -np.ones((2, 3)), 4)
+        precision_recall_f1_at_k(np.ones((2, 3)), -np.ones((2, 3)), 4)
     with pytest.raises(UsageError, match="k must be"):
-        f1_at_k(np.ones((2, 3)), -np.ones((2, 3)), 0)
+        precision_recall_f1_at_k(np.ones((2, 3)), -np.ones((2, 3)), 0)
 
 
 def test_f1_matches_sklearn_micro_averages():
@@ -164,7 +164,7 @@ def test_f1_matches_sklearn_micro_averages():
         pred = np.zeros_like(targets, dtype=bool)
         np.put_along_axis(pred, top, True, axis=1)
         truth = targets == 1
-        p, r, f = f1_at_k(scores, targets, k)
+        p, r, f = precision_recall_f1_at_k(scores, targets, k)
         assert p == pytest.approx(precision_score(truth.ravel(), pred.ravel()))
         assert r == pytest.approx(recall_score(truth.ravel(), pred.ravel()))
         assert f == pytest.approx(2 * p * r / (p + r))
@@ -181,7 +181,7 @@ def test_torch_tensors_accepted():
     expected = mean_average_precision(scores, targets)
     got = mean_average_precision(torch.from_numpy(scores).requires_grad_(), torch.from_numpy(targets).long())
     assert got == pytest.approx(expected)
-    assert f1_at_k(torch.from_numpy(scores).half(), torch.from_numpy(targets), 3) == f1_at_k(
+    assert precision_recall_f1_at_k(torch.from_numpy(scores).half(), torch.from_numpy(targets), 3) == precision_recall_f1_at_k(
         scores.astype(np.float16), targets, 3
     )
 
@@ -203,6 +203,6 @@ def test_moderate_size_random_scores_give_prevalence():
     scores = rng.random((20_000, 100), dtype=np.float32)
     targets = rng.choice(np.array([1, -1, 0], dtype=np.int8), size=scores.shape, p=[0.05, 0.9, 0.05])
     m = mean_average_precision(scores, targets)
-    p, r, f = f1_at_k(scores, targets, 5)
+    p, r, f = precision_recall_f1_at_k(scores, targets, 5)
     assert 0.03 < m < 0.08  # random scores: AP ~ prevalence among known (0.05/0.95)
     assert 0.03 < p < 0.07  # random top-5: precision ~ positive rate 0.05

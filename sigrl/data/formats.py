@@ -24,6 +24,10 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from .base import MultiLabelSplit, ZeroShotDataset
+from .coco import annotation_file, find_coco_splits, load_coco
+from .csvdata import find_split_file, load_csv_dataset, load_csv_split
+from .nuswide import load_nuswide
+from .voc import find_voc_root, load_voc, read_split_ids
 
 __all__ = ["FORMATS", "LoadedDataset", "load_dataset", "voc_splits", "coco_splits"]
 
@@ -44,8 +48,6 @@ class LoadedDataset:
 
 def voc_splits(root: str | Path, year=None) -> tuple[Path, str, str]:
     """(VOC year directory, train split, test split) by the rule of the module docstring."""
-    from .voc import find_voc_root, read_split_ids
-
     vroot = find_voc_root(root, year)
     main = vroot / "ImageSets" / "Main"
     test_ids = read_split_ids(vroot, "test") if (main / "test.txt").is_file() else []
@@ -56,8 +58,6 @@ def voc_splits(root: str | Path, year=None) -> tuple[Path, str, str]:
 
 def coco_splits(root: str | Path, year=None) -> tuple[str, str]:
     """(train split, test split) of a COCO root: train<year> / val<year>."""
-    from .coco import annotation_file, find_coco_splits
-
     found = find_coco_splits(root)
     years = [str(year)] if year else ["2014", "2017"]
     y = next((y for y in years if f"train{y}" in found or f"val{y}" in found), years[0])
@@ -69,8 +69,6 @@ def coco_splits(root: str | Path, year=None) -> tuple[str, str]:
 
 def _one_label_set(root: Path, ds: ZeroShotDataset, opts: dict) -> ZeroShotDataset:
     """csv/world with ``all_labels``: every label is a training label (SPML, partial)."""
-    from .csvdata import find_split_file, load_csv_split
-
     labels = list(ds.seen) + list(ds.unseen)
     splits = {s: load_csv_split(find_split_file(root, s), labels, root=root, **opts)
               for s in ("train", "test") + (("val",) if ds.val is not None else ())}
@@ -98,8 +96,6 @@ def load_dataset(fmt: str, root: str | Path, options: dict | None = None, *, all
         if fmt in ("csv", "world"):
             return _load_csv(root, opts, all_labels)
         if fmt == "nuswide":
-            from .nuswide import load_nuswide
-
             ds = load_nuswide(root, **opts)
             return LoadedDataset(ds, layout=opts.get("layout"))
         if fmt == "voc":
@@ -110,8 +106,6 @@ def load_dataset(fmt: str, root: str | Path, options: dict | None = None, *, all
 
 
 def _load_csv(root: Path, opts: dict, all_labels: bool) -> LoadedDataset:
-    from .csvdata import find_split_file, load_csv_dataset
-
     ds = load_csv_dataset(root, **opts)
     if all_labels and ds.unseen:
         ds = _one_label_set(root, ds, opts)
@@ -126,8 +120,6 @@ def _pair(train: MultiLabelSplit, test: MultiLabelSplit) -> ZeroShotDataset:
 
 
 def _load_voc(root: Path, opts: dict) -> LoadedDataset:
-    from .voc import load_voc
-
     year = opts.pop("year", None)
     vroot, train_name, test_name = voc_splits(root, year)
     train_name, test_name = opts.pop("train_split", train_name), opts.pop("test_split", test_name)
@@ -141,8 +133,6 @@ def _load_voc(root: Path, opts: dict) -> LoadedDataset:
 
 
 def _load_coco(root: Path, opts: dict) -> LoadedDataset:
-    from .coco import annotation_file, load_coco
-
     year = opts.pop("year", None)
     both = "train_split" in opts and "test_split" in opts
     train_name, test_name = (None, None) if both else coco_splits(root, year)
