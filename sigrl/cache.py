@@ -1,6 +1,6 @@
 """Frozen-backbone feature cache: encode every image of a split once, train from disk.
 
-The backbone never changes during training (DESIGN.md section 7), so each image's global
+The backbone never changes during training (docs/design.md §8), so each image's global
 embedding g (D,) and local tokens L (P, D) are computed once and stored as float16::
 
     <dir>/manifest.json             what the cache holds (see below); "complete": true when done

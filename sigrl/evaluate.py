@@ -28,11 +28,9 @@ from .config import config_from_dict
 from .errors import CheckpointError
 from .experiment import prepare_experiment
 from .metrics import mean_average_precision
-from .report import prf_map
+from .report import ZS_COLUMNS, prf_map
 from .safeio import atomic_write_text
 from .scorer import Scorer, score_part
-
-ZS_COLUMNS = ["P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5", "mAP"]
 
 __all__ = ["zero_shot_scores", "part_metrics", "zero_shot_metrics", "metric_keys", "evaluate_parts", "evaluate_run", "format_metrics"]
 

@@ -2,7 +2,7 @@
 
 Inputs everywhere: ``scores`` (N, C) float (numpy array or torch tensor; higher = more
 likely present) and ``targets`` (N, C) with entries in {1, -1, 0}: +1 present,
--1 absent, 0 unknown (DESIGN.md section 4). A 0/1 matrix is *not* a valid target
+-1 absent, 0 unknown (docs/design.md §4). A 0/1 matrix is *not* a valid target
 matrix here: its 0 entries would mean "unknown", not "absent".
 
 **Average precision of class c** (the NUS-WIDE zero-shot protocol, LESA/BiAM/MKT/SigRL)::

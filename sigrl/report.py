@@ -1,8 +1,8 @@
 """Paper-style result tables and plots.
 
-``zero_shot_metrics`` computes the NUS-WIDE zero-shot table row (DESIGN.md section 4):
-for ZSL (unseen label columns only) and GZSL (all columns) the overall precision,
-recall and F1 at k = 3 and 5, and mAP. ``write_report`` writes a set of rows as
+``prf_map`` computes one row of the NUS-WIDE zero-shot table (docs/design.md §4) from
+a score matrix: the overall precision, recall and F1 at k = 3 and 5, and mAP (ZSL and
+GZSL rows come from separate scoring passes, :mod:`sigrl.evaluate`). ``write_report`` writes a set of rows as
 markdown, JSON and CSV, stating the protocol variant (empty-class rule, preprocessing)
 in every table; ``plot_per_label_ap`` and ``plot_pr_curves`` draw the pictures.
 """
@@ -34,16 +34,6 @@ def prf_map(scores, targets, *, empty_class: str = "zero", ks=(3, 5)) -> dict[st
             out.update({f"P@{k}": p, f"R@{k}": r, f"F1@{k}": f})
     out["mAP"] = mean_average_precision(scores, targets, empty_class=empty_class)
     return out
-
-
-def zero_shot_metrics(scores, targets, n_unseen: int, *, empty_class: str = "zero") -> dict[str, dict[str, float]]:
-    """scores, targets (N, C) with the unseen labels in the last ``n_unseen`` columns
-    -> {"zsl": {...}, "gzsl": {...}}."""
-    scores, targets = _np(scores).astype(np.float32), _np(targets)
-    res = {"gzsl": prf_map(scores, targets, empty_class=empty_class)}
-    if n_unseen:
-        res = {"zsl": prf_map(scores[:, -n_unseen:], targets[:, -n_unseen:], empty_class=empty_class), **res}
-    return res
 
 
 def markdown_table(rows: dict[str, dict[str, float]], columns: list[str], *, percent: bool = True) -> str:

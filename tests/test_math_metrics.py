@@ -1,7 +1,7 @@
 """Independent math for sigrl/metrics.py: AP (ties grouped as scikit-learn does), mAP with
 both empty-class rules, overall P/R/F1@k.
 
-The expected values come from the definitions of DESIGN.md section 4 written as plain
+The expected values come from the definitions of docs/design.md §4 written as plain
 Python loops over images (and from scikit-learn's ``average_precision_score`` as a second,
 independent oracle), never from our own functions.
 """

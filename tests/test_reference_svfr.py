@@ -1,4 +1,4 @@
-"""SVFR against the formulas of DESIGN.md section 3, written here as plain loops, with
+"""SVFR against the formulas of docs/design.md §3, written here as plain loops, with
 RANDOM weights (biases included): each of the three steps alone and the whole module.
 
 Nothing here calls our SVFR code to make an expected value; the loops index one patch,

@@ -6,18 +6,18 @@ import json
 import numpy as np
 from PIL import Image
 
-from sigrl.report import plot_per_label_ap, plot_pr_curves, write_report, zero_shot_metrics
+from sigrl.report import plot_per_label_ap, plot_pr_curves, prf_map, write_report
 
 
-def test_zero_shot_metrics_split_columns():
-    # 2 images, 2 seen + 1 unseen label. Perfect unseen scores, wrong seen scores.
+def test_prf_map_row():
+    # 2 images, 3 labels: the third ranks perfectly, the first two are inverted.
     targets = np.array([[1, -1, 1], [-1, 1, -1]])
     scores = np.array([[0.0, 1.0, 0.9], [1.0, 0.0, 0.1]])
-    res = zero_shot_metrics(scores, targets, n_unseen=1)
-    assert res["zsl"]["mAP"] == 1.0           # unseen column ranks image 0 first
-    assert res["gzsl"]["mAP"] == (0.5 + 0.5 + 1.0) / 3
-    assert "P@5" not in res["zsl"]            # k larger than the label count is left out
-    assert res["gzsl"]["P@3"] == (2 + 1) / (2 * 3)  # k = C: every positive is predicted (2 in image 0, 1 in image 1)
+    assert prf_map(scores[:, 2:], targets[:, 2:])["mAP"] == 1.0  # image 0 first for label 3
+    res = prf_map(scores, targets)
+    assert res["mAP"] == (0.5 + 0.5 + 1.0) / 3
+    assert "P@5" not in res                 # k larger than the label count is left out
+    assert res["P@3"] == (2 + 1) / (2 * 3)  # k = C: every positive is predicted (2 in image 0, 1 in image 1)
 
 
 def test_write_report_and_plots(tmp_path):

@@ -4,7 +4,7 @@ Everything above the backbone (tagging, feature cache, SigRL head, benchmarks) t
 this small interface, so an open_clip model, a Hugging Face CLIP directory or the
 embedded world's tiny model are interchangeable.
 
-Data flow (DESIGN.md section 2)::
+Data flow (docs/design.md §2)::
 
     PIL image --preprocess--> (3, H, W) --encode_images--> g (B, D), L (B, P, D)
     label text --prompts--> strings --encode_texts--> T (C, D)

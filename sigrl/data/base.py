@@ -2,7 +2,7 @@
 
 A multi-label dataset split is a list of image paths plus a target matrix with entries
 in {1, -1, 0}: +1 present, -1 absent, 0 unknown (the NUS-WIDE zero-shot encoding,
-DESIGN.md section 4). Loaders for NUS-WIDE, VOC, COCO and the generic CSV/JSONL format
+docs/design.md §4). Loaders for NUS-WIDE, VOC, COCO and the generic CSV/JSONL format
 all return :class:`MultiLabelSplit` objects, so everything downstream (feature cache,
 trainer, bench) sees one shape of data.
 """

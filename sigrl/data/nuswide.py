@@ -1,4 +1,4 @@
-"""NUS-WIDE for the zero-shot protocol (925 seen tags / 81 unseen concepts, DESIGN.md §4).
+"""NUS-WIDE for the zero-shot protocol (925 seen tags / 81 unseen concepts, docs/design.md §4).
 
 Labels. ``unseen`` = the 81 human-annotated concepts (``Concepts81.txt``, file order).
 ``seen`` = the 1000 Flickr tags of ``TagList1k.txt`` minus those that are among the 81

@@ -1,4 +1,4 @@
-"""Observed labels: hide part of a full target matrix, reproducibly (DESIGN.md §4).
+"""Observed labels: hide part of a full target matrix, reproducibly (docs/design.md §4).
 
 All functions take ``targets`` (N, C) in {1, -1, 0} and return a new int8 matrix of the
 same shape in which hidden entries are 0 (unknown). Randomness comes from

@@ -1,7 +1,7 @@
 """The plain baseline head: a residual MLP adapter on the frozen image features.
 
-What a simple trained head gets without a label graph or a reconstruction (DESIGN.md
-section 6; the demo table shows it between CLIP matching and SigRL)::
+What a simple trained head gets without a label graph or a reconstruction (docs/design.md
+§6; the demo table shows it between CLIP matching and SigRL)::
 
     g'    = normalize(g' + MLP_g(g')),  g' = normalize(g)       adapted global embedding
     L'_p  = L_p + MLP_l(L_p)                 combine="l2": raw tokens, as CLIP matching's rule

@@ -1,4 +1,4 @@
-"""GMC: graph-based multi-label correlation (SigRL, ICME 2025; DESIGN.md section 3).
+"""GMC: graph-based multi-label correlation (SigRL, ICME 2025; docs/design.md §3).
 
 The labels are the nodes of a graph whose node features are the label embeddings
 ``T``. Two message-passing layers refine them, with a residual::

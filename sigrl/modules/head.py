@@ -1,4 +1,4 @@
-"""The SigRL head: GMC + SVFR + local/global matching (DESIGN.md sections 2 and 3).
+"""The SigRL head: GMC + SVFR + local/global matching (docs/design.md §2-3).
 
 On backbone features of a batch (the global embedding ``g`` and the *raw* projected patch
 tokens ``L``, as :meth:`~sigrl.backbones.base.Backbone.encode_images` returns them) and

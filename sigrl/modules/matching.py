@@ -1,4 +1,4 @@
-"""Local + global image-text matching (DESIGN.md section 2).
+"""Local + global image-text matching (docs/design.md §2).
 
 Used twice: as the training-free CLIP baseline (on the backbone's own patch tokens) and
 as the last step of the SigRL head (on the reconstructed tokens R).

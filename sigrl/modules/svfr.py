@@ -1,4 +1,4 @@
-"""SVFR: semantic visual feature reconstruction (SigRL, ICME 2025; DESIGN.md section 3).
+"""SVFR: semantic visual feature reconstruction (SigRL, ICME 2025; docs/design.md §3).
 
 Three steps turn the frozen patch tokens ``L`` of an image into reconstructed tokens
 ``R`` that carry the label semantics:
