@@ -32,14 +32,14 @@ from .config import load_config
 from .evaluate import zero_shot_metrics
 from .experiment import build_backbone, open_dataset, split_part
 from .images import load_image
-from .paths import REPO_ROOT
+from .paths import CONFIGS_DIR
 from .prompts import load_prompts
 from .safeio import atomic_write_text
 from .scorer import Scorer
 from .tagging import Tagger
 from .train import train
 
-CONFIGS = REPO_ROOT / "configs"
+CONFIGS = CONFIGS_DIR
 
 # (name in results, config file, overrides); the SPML rows all share world_spml_an.yaml
 SPML_RUNS = [

@@ -1,7 +1,7 @@
 """Prompt templates and label embeddings.
 
 A prompt set is a text file with one template per line, ``{}`` standing for the label
-(``#`` starts a comment). Files live in the repository's ``prompts/`` folder and are
+(``#`` starts a comment). Files live in the package's ``assets/prompts/`` folder and are
 selected by name (``scene``, ``photo``, ``ensemble``, ``bare``) or by path. With several
 templates (an ensemble) each template's label embeddings are L2-normalised, averaged,
 and normalised again:
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
-from .paths import REPO_ROOT
+from .paths import PROMPTS_DIR
 
 DEFAULT_PROMPTS = "photo"
 
@@ -33,7 +33,7 @@ def prompt_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("SIGRL_PROMPTS_DIR"):
         dirs.append(Path(os.environ["SIGRL_PROMPTS_DIR"]))
-    dirs.append(REPO_ROOT / "prompts")
+    dirs.append(PROMPTS_DIR)
     return dirs
 
 
