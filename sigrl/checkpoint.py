@@ -2,7 +2,9 @@
 
 Run directory::
 
-    run/head.safetensors   head weights (+ "prompt_context" (n_ctx, W) when prompts were tuned)
+    run/head.safetensors   head weights (none for head.class none) + the prompt learner's tensors:
+                           "prompt_context" (coop (M, W), csc (C, M, W), dualcoop positive),
+                           "prompt_context_negative" (dualcoop (M, W))
     run/run.json           what is needed to use the head (below)
     run/config.yaml        the resolved run config
     run/metrics.csv        one row per evaluated epoch (written by the trainer)
@@ -13,7 +15,10 @@ Run directory::
 
     {"head_class": "SigRLHead" | "AdapterHead", "head_config": {...}, "labels": [train labels],
      "backbone": {backbone spec}, "embed_dim": D, "preprocess": {...}, "prompts": {PromptSet},
-     "n_ctx": 0, "sigrl_version": "...", "metrics": {...}, "head_sha256": "..."}
+     "n_ctx": 0, "prompt_learner": {"name": "fixed"|"coop"|"csc"|"dualcoop", "n_ctx": M, ...},
+     "sigrl_version": "...", "metrics": {...}, "head_sha256": "..."}
+
+``head_class`` is null for a run that trained the prompts alone (``head.class: none``).
 
 :func:`save_run` writes ``head.safetensors`` first and ``run.json`` (which holds the
 weights' hash) last, each atomically, so a reader sees a consistent pair or refuses;
@@ -45,6 +50,7 @@ BACKBONE_FILE = "backbone.safetensors"  # fine-tuned image-tower tensors (sigrl.
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 CONTEXT_KEY = "prompt_context"
+PROMPT_PREFIX = "prompt_"  # every tensor of the prompt learner (sigrl.modules.prompt_learner)
 
 __all__ = ["save_run", "load_run", "LoadedRun", "head_class", "build_head"]
 
@@ -85,45 +91,57 @@ def _config_dict(config) -> dict:
     return config_to_dict(config)
 
 
-def save_run(run_dir: str | Path, *, head: nn.Module, backbone, prompts, labels: list[str], config=None,
+def save_run(run_dir: str | Path, *, head: nn.Module | None, backbone, prompts, labels: list[str], config=None,
              context: torch.Tensor | None = None, metrics: dict | None = None,
-             backbone_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+             backbone_tensors: dict[str, torch.Tensor] | None = None, learner=None) -> Path:
     """Write ``head.safetensors``, ``run.json`` and ``config.yaml`` into ``run_dir``.
 
     Args:
-        head: the trained head (an unwrapped module with ``config``).
+        head: the trained head (an unwrapped module with ``config``), or None (prompts alone).
         backbone: the backbone it was trained on (``spec``, ``embed_dim``, preprocessing).
         prompts: the :class:`~sigrl.prompts.PromptSet` used for label embeddings.
         labels: the training label names.
         config: the resolved run config (dataclass or dict).
-        context: learned prompt context vectors (n_ctx, W), or None.
+        context: learned prompt context vectors (n_ctx, W), or None (a coop context; older
+            spelling of ``learner``).
+        learner: the run's prompt learner (:mod:`sigrl.modules.prompt_learner`): its
+            ``tensors()`` and ``describe()`` are saved.
         metrics: metrics to record (e.g. the best epoch's).
         backbone_tensors: fine-tuned image-tower tensors (``backbone.finetune``), saved
             in ``backbone.safetensors`` and put back on a copy of the backbone by the scorer.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    name = type(head).__name__
-    if name not in HEADS:
+    name = None if head is None else type(head).__name__
+    if name is not None and name not in HEADS:
         raise CheckpointError(f"cannot save a {name}: known head classes are "
                               f"{', '.join(HEADS.class_name(n) for n in HEADS.names)}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    if CONTEXT_KEY in tensors:
-        raise CheckpointError(f"{name} has a weight named {CONTEXT_KEY!r}, which run files reserve")
-    if context is not None:
-        tensors[CONTEXT_KEY] = context.detach().float().cpu().contiguous()
-    blob = st_save(tensors, metadata={"format": "sigrl-head", "head_class": name})
+    tensors = {} if head is None else {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    reserved = [k for k in tensors if k.startswith(PROMPT_PREFIX)]
+    if reserved:
+        raise CheckpointError(f"{name} has a weight named {reserved[0]!r}; run files reserve names starting "
+                              f"with {PROMPT_PREFIX!r} for the prompt learner")
+    if learner is not None:
+        prompt_tensors, learner_info = learner.tensors(), learner.describe()
+    elif context is not None:
+        prompt_tensors = {CONTEXT_KEY: context.detach().float().cpu().contiguous()}
+        learner_info = {"name": "coop", "n_ctx": int(context.shape[0])}
+    else:
+        prompt_tensors, learner_info = {}, {"name": "fixed", "n_ctx": 0}
+    tensors.update({k: v.detach().float().cpu().contiguous() for k, v in prompt_tensors.items()})
+    blob = st_save(tensors, metadata={"format": "sigrl-head", "head_class": str(name)})
     prompts = load_prompts(prompts)
     info = {
         "head_class": name,
-        "head_config": _plain(head.config),
+        "head_config": {} if head is None else _plain(head.config),
         "labels": list(labels),
         "backbone": _plain(backbone.spec),
         "embed_dim": int(backbone.embed_dim),
         "fingerprint": backbone.fingerprint,
         "preprocess": _plain(backbone.preprocess_config.to_dict()),
         "prompts": prompts.to_dict(),
-        "n_ctx": int(context.shape[0]) if context is not None else 0,
+        "n_ctx": int(learner_info.get("n_ctx", 0)),
+        "prompt_learner": _plain(learner_info),
         "sigrl_version": __version__,
         "metrics": _plain(metrics or {}),
         "head_sha256": _sha256(blob),
@@ -145,7 +163,7 @@ class LoadedRun:
     """A run read back by :func:`load_run`."""
 
     run_dir: Path
-    head: nn.Module
+    head: nn.Module | None  # None: the run trained the prompts alone (head.class none)
     backbone_spec: dict
     preprocess: dict
     prompts: object  # PromptSet
@@ -155,6 +173,8 @@ class LoadedRun:
     metrics: dict
     info: dict = field(default_factory=dict)
     backbone_tensors: dict | None = None  # fine-tuned image-tower tensors, or None (frozen backbone)
+    learner: dict = field(default_factory=dict)  # run.json "prompt_learner" (name, n_ctx, ...)
+    prompt_tensors: dict = field(default_factory=dict)  # the learner's "prompt_*" tensors
 
     @property
     def embed_dim(self) -> int:
@@ -210,22 +230,34 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", backbone=N
     head_dim = info["head_config"].get("embed_dim")
     if head_dim is not None and head_dim != embed_dim:
         raise CheckpointError(f"{run_dir}: head has embed_dim {head_dim} but its backbone has {embed_dim}")
-    cls = head_class(info["head_class"])
-    try:
-        head = cls.from_config(info["head_config"])
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{info_path}: cannot rebuild {info['head_class']} from head_config ({err})") from None
-    context = tensors.pop(CONTEXT_KEY, None)
-    try:
-        head.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{head_path}: weights do not fit {info['head_class']} "
-                              f"({str(err).splitlines()[0][:200]})") from None
-    if head_dim is None and getattr(head, "embed_dim", embed_dim) != embed_dim:
-        raise CheckpointError(f"{run_dir}: head has embed_dim {head.embed_dim} but its backbone has {embed_dim}")
-    if int(info.get("n_ctx") or 0) != (0 if context is None else int(context.shape[0])):
+    prompt_tensors = {k: tensors.pop(k) for k in list(tensors) if k.startswith(PROMPT_PREFIX)}
+    context = prompt_tensors.get(CONTEXT_KEY)
+    head = None
+    if info["head_class"] is not None:  # null: the prompts alone
+        cls = head_class(info["head_class"])
+        try:
+            head = cls.from_config(info["head_config"])
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"{info_path}: cannot rebuild {info['head_class']} from head_config ({err})") from None
+        try:
+            head.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{head_path}: weights do not fit {info['head_class']} "
+                                  f"({str(err).splitlines()[0][:200]})") from None
+        if head_dim is None and getattr(head, "embed_dim", embed_dim) != embed_dim:
+            raise CheckpointError(f"{run_dir}: head has embed_dim {head.embed_dim} but its backbone has {embed_dim}")
+    elif tensors:
+        raise CheckpointError(f"{head_path}: run.json names no head but the file holds head weights "
+                              f"({', '.join(list(tensors)[:3])})")
+    elif not prompt_tensors:
+        raise CheckpointError(f"{run_dir}: run.json names no head and no prompt context; nothing was trained")
+    held = 0 if context is None else int(context.shape[-2])  # coop/dualcoop (M, W), csc (C, M, W)
+    if int(info.get("n_ctx") or 0) != held:
         raise CheckpointError(f"{run_dir}: run.json says n_ctx={info.get('n_ctx')} but the weights hold "
-                              f"{'no' if context is None else context.shape[0]} context vectors")
+                              f"{'no' if context is None else held} context vectors")
+    learner = info.get("prompt_learner") or {}
+    if not isinstance(learner, dict):
+        raise CheckpointError(f"{info_path}: corrupt run file (prompt_learner is not a JSON object)")
     tuned = None
     if info.get("backbone_sha256"):
         path = run_dir / BACKBONE_FILE
@@ -240,10 +272,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", backbone=N
         except yaml.YAMLError as err:
             raise CheckpointError(f"{run_dir / CONFIG_FILE}: corrupt config ({err})") from None
     run = LoadedRun(
-        run_dir=run_dir, head=head.to(device).eval(), backbone_spec=info["backbone"],
+        run_dir=run_dir, head=None if head is None else head.to(device).eval(), backbone_spec=info["backbone"],
         preprocess=info["preprocess"], prompts=PromptSet.from_dict(info["prompts"]),
         context=None if context is None else context.to(device), labels=list(info["labels"]),
-        config=config, metrics=info.get("metrics", {}), info=info, backbone_tensors=tuned)
+        config=config, metrics=info.get("metrics", {}), info=info, backbone_tensors=tuned, learner=dict(learner),
+        prompt_tensors={k: v.to(device) for k, v in prompt_tensors.items()})
     if backbone is not None:
         run.check_backbone(backbone)
     return run

@@ -18,8 +18,11 @@ Sections (every key has a default; a YAML file names only what it changes):
               pretrain (model "world": how the tiny model is pre-trained; quick: true for tests),
               finetune (the paper's regime: {blocks: N} fine-tunes the last N ViT blocks, see
               sigrl.finetune)
-    prompts   name (prompt set or template), tune (learn CoOp context vectors), n_ctx
-    head      class (sigrl|adapter), options (keyword arguments of the head)
+    prompts   name (prompt set or template), learner (fixed|coop|csc|dualcoop; tune: true is
+              the older spelling of coop), n_ctx, init (random or a phrase), negative_init
+              (dualcoop), init_std, options (keyword arguments of the learner)
+    head      class (none|sigrl|adapter; none trains the prompts alone), options (keyword
+              arguments of the head)
     loss      name (see sigrl.registry.LOSSES), options; transport_weight (> 0 adds the
               conditional-transport loss between label-specific features and label
               embeddings), transport_tau, transport_labels (observed|predicted)
@@ -48,7 +51,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
-from .registry import HEADS, LOSSES, RECOVERIES
+from .registry import HEADS, LOSSES, PROMPT_LEARNERS, RECOVERIES
 
 __all__ = ["Config", "load_config", "config_from_dict", "config_to_dict", "apply_override", "dump_config"]
 
@@ -79,9 +82,13 @@ class BackboneConfig:
 @dataclass
 class PromptsConfig:
     name: str = "photo"
-    tune: bool = False
-    n_ctx: int = 4
+    learner: str = "fixed"  # fixed | coop | csc | dualcoop (sigrl.registry.PROMPT_LEARNERS)
+    tune: bool = False  # older spelling of learner: coop
+    n_ctx: int = 4  # context vectors per prompt (init: random)
+    init: str = "random"  # "random" (N(0, init_std^2)) or a phrase ("a photo of a": its token embeddings)
+    negative_init: str | None = None  # dualcoop: the negative context's start (null: as init)
     init_std: float = 0.02
+    options: dict = field(default_factory=dict)  # keyword arguments of the learner (dualcoop: spatial_scale, logit_scale)
 
 
 @dataclass
@@ -160,7 +167,8 @@ _KEY_ALIASES = {HeadConfig: {"class": "head_class"}}
 CHOICES = {
     "data.format": ("csv", "world", "nuswide", "voc", "coco"),
     "data.observed": ("full", "single_positive", "partial"),
-    "head.class": HEADS.names,
+    "head.class": ("none",) + HEADS.names,  # none: no head, the prompt learner scores (prompts alone)
+    "prompts.learner": PROMPT_LEARNERS.names,
     "loss.name": LOSSES.names,
     "method.name": ("none",) + RECOVERIES.names,
     "loss.transport_labels": ("observed", "predicted"),
@@ -321,6 +329,12 @@ def validate(cfg: Config, source: str = "<config>") -> None:
         raise ConfigError(f"{source}: loss.transport_tau must be > 0, got {cfg.loss.transport_tau!r}")
     if not cfg.output:
         raise ConfigError(f"{source}: output (the run directory) must not be empty")
+    if cfg.prompts.tune and cfg.prompts.learner not in ("fixed", "coop"):
+        raise ConfigError(f"{source}: prompts.tune=true is the older spelling of prompts.learner=coop; it "
+                          f"contradicts prompts.learner={cfg.prompts.learner} (remove prompts.tune)")
+    if cfg.head.head_class == "none" and cfg.prompts.learner == "fixed" and not cfg.prompts.tune:
+        raise ConfigError(f"{source}: head.class=none trains the prompts alone, but prompts.learner=fixed has "
+                          "nothing to learn; choose prompts.learner coop, csc or dualcoop, or a head")
     if cfg.data.observed == "partial" and cfg.data.proportion >= 1.0:
         raise ConfigError(f"{source}: data.observed=partial needs data.proportion < 1 (the fraction of labels kept)")
 

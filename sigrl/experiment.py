@@ -181,8 +181,9 @@ def prepare_experiment(cfg: Config, accelerator=None, *, need_train: bool = True
         prompts = load_prompts(cfg.prompts.name)
     except SigrlError as err:
         raise _config_error("prompts.name", err) from None
-    if cfg.prompts.tune and not hasattr(backbone, "text_width"):
-        raise ConfigError("prompts.tune=true needs an open_clip backbone with its own text transformer")
+    if (cfg.prompts.tune or cfg.prompts.learner != "fixed") and not hasattr(backbone, "text_width"):
+        raise ConfigError(f"prompts.learner={'coop' if cfg.prompts.tune else cfg.prompts.learner} needs an "
+                          "open_clip backbone with its own text transformer")
     root = features_root(cfg)
     finetune = FinetuneSpec.from_dict(cfg.backbone.finetune).enabled  # the encoder trains: nothing cached
     live = cfg.train.augment or not cfg.cache.enabled or finetune

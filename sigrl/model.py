@@ -1,8 +1,11 @@
 """What a run trains: the label text, the head and the loss, as one module.
 
-    text   = LabelText(backbone, prompts, n_ctx)     label names -> T (C, D)
+    text   = build_learner(cfg, backbone, prompts, labels)   label names -> T (C, D) (prompts.learner)
     model  = TrainModule(head, text, loss)           (g, L, labels, observed) -> scalar loss
     logits = model(g, L, labels)                      (B, C), for scoring (sigrl.scorer)
+
+``head.class: none`` trains the prompt learner alone (CoOp / DualCoOp): the logits are the
+learner's own scores (:meth:`~sigrl.modules.prompt_learner.PromptLearner.score`).
 
 The backbone is never a submodule: it is frozen, shared, and never saved with a run;
 the head consumes the backbone's features (from the cache or encoded live).
@@ -22,35 +25,14 @@ from .finetune import FinetunedTail, FinetuneSpec
 from .losses import build_loss as make_loss
 from .losses.transport import ConditionalTransportLoss
 from .methods import build_recovery as make_recovery
-from .prompts import embed_labels
+from .modules.prompt_learner import FixedPrompts, PromptLearner, build_learner
 
 __all__ = ["LabelText", "TrainModule", "build_model", "build_head", "build_recovery", "lr_lambda"]
 
 
-class LabelText(nn.Module):
-    """Label names -> label embeddings T (C, D) through the prompts and the frozen text
-    encoder; with prompt tuning, ``context`` (n_ctx, W) learnable vectors shared by all
-    labels (CoOp), initialised N(0, init_std²). Fixed embeddings are computed once per
-    label set and kept. The backbone is not a submodule (frozen, never saved)."""
-
-    def __init__(self, backbone, prompts, n_ctx: int = 0, init_std: float = 0.02, generator=None):
-        super().__init__()
-        object.__setattr__(self, "backbone", backbone)
-        self.prompts = prompts
-        self.context = None
-        if n_ctx:
-            init = torch.randn(n_ctx, backbone.text_width, generator=generator) * init_std
-            self.context = nn.Parameter(init)
-        self._fixed: dict[tuple, torch.Tensor] = {}
-
-    def forward(self, labels: list[str]) -> torch.Tensor:
-        if self.context is None:
-            key = tuple(labels)
-            if key not in self._fixed:
-                with torch.no_grad():
-                    self._fixed[key] = embed_labels(self.backbone, list(labels), self.prompts).detach()
-            return self._fixed[key]
-        return embed_labels(self.backbone, list(labels), self.prompts, context=self.context)
+#: label names -> T (C, D) with hand-written prompts; the learners (coop, csc, dualcoop) live
+#: in sigrl.modules.prompt_learner and sigrl.modules.dualcoop
+LabelText = FixedPrompts
 
 
 class TrainModule(nn.Module):
@@ -65,7 +47,7 @@ class TrainModule(nn.Module):
     positives (``transport_labels="observed"``), or every label weighted by the model's
     own detached probability (``"predicted"``)."""
 
-    def __init__(self, head: nn.Module, text: LabelText, loss: nn.Module | None = None, *,
+    def __init__(self, head: nn.Module | None, text: PromptLearner, loss: nn.Module | None = None, *,
                  transport: nn.Module | None = None, transport_weight: float = 0.0,
                  transport_labels: str = "observed", visual: FinetunedTail | None = None):
         super().__init__()
@@ -95,6 +77,14 @@ class TrainModule(nn.Module):
         if self.visual is not None:  # fine-tuning: encode here, so the ViT blocks get gradients
             g, l, distill = self.visual(pixels)
             distill = self.visual.spec.distill_weight * distill
+        if self.head is None:  # the prompts alone: the learner scores
+            if self.transport is not None:
+                raise ConfigError("loss.transport_weight needs a head's label-specific features; head.class=none "
+                                  "has none (set loss.transport_weight=0)")
+            logits = self.text.score(g, l, list(labels))
+            if observed is None:
+                return logits
+            return self.loss(logits.float(), observed, index=index, epoch=epoch) + distill
         T = self.text(labels)
         if observed is None or self.transport is None:
             logits = self.head(g, l, T, label_names=list(labels))
@@ -114,9 +104,11 @@ class TrainModule(nn.Module):
         return loss + self.transport_weight * self.transport(feats.float(), T.float(), weights)
 
 
-def build_head(cfg: Config, exp) -> nn.Module:
-    """``head.class`` with ``head.options``; a head with a label prior (graph="cooc") gets
-    the co-occurrence of the observed training positives."""
+def build_head(cfg: Config, exp) -> nn.Module | None:
+    """``head.class`` with ``head.options`` (None for "none": the prompts alone); a head with
+    a label prior (graph="cooc") gets the co-occurrence of the observed training positives."""
+    if cfg.head.head_class == "none":
+        return None
     head = make_head(cfg.head.head_class, exp.backbone.embed_dim, cfg.head.options)
     if hasattr(head, "set_label_prior"):
         pos = torch.as_tensor(np.asarray(exp.train.targets) == 1, dtype=torch.float32)
@@ -125,11 +117,11 @@ def build_head(cfg: Config, exp) -> nn.Module:
 
 
 def build_model(cfg: Config, exp) -> TrainModule:
-    """The run's TrainModule: head, label text (with a CoOp context when prompts.tune),
-    loss (``loss.name``) and the optional conditional-transport term."""
+    """The run's TrainModule: head (or none), prompt learner (``prompts.learner``), loss
+    (``loss.name``) and the optional conditional-transport term."""
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    text = LabelText(exp.backbone, exp.prompts, cfg.prompts.n_ctx if cfg.prompts.tune else 0,
-                     cfg.prompts.init_std, generator)
+    text = build_learner(cfg, exp.backbone, exp.prompts, list(exp.train.labels), zero_shot=exp.zero_shot,
+                         generator=generator)
     head = build_head(cfg, exp)  # before the loss: both may draw from the global RNG, in this order
     loss = make_loss(cfg.loss.name, num_images=len(exp.train), num_classes=len(exp.train.labels),
                      num_epochs=cfg.train.epochs, **cfg.loss.options)

@@ -1,11 +1,11 @@
-"""One registry per kind of component: heads, losses, label-recovery methods.
+"""One registry per kind of component: heads, losses, label-recovery methods, prompt learners.
 
 Each registry maps a config name to ``"module:attribute"``, so reading the names (config
 validation, ``--help``) imports nothing heavy; :meth:`Registry.get` imports the class
 on first use (timm's registry, without the decorator: a decorator would have to import
 every module, and torch with it, before ``sigrl train --help`` could list the names).
 
-The config (``head.class``, ``loss.name``, ``method.name``), ``--help``, checkpoint
+The config (``head.class``, ``loss.name``, ``method.name``, ``prompts.learner``), ``--help``, checkpoint
 loading (``run.json`` stores a head's class name) and the benchmarks all read these
 tables; nothing else lists the names.
 """
@@ -15,7 +15,7 @@ import importlib
 
 from .errors import ConfigError
 
-__all__ = ["Registry", "HEADS", "LOSSES", "RECOVERIES"]
+__all__ = ["Registry", "HEADS", "LOSSES", "RECOVERIES", "PROMPT_LEARNERS"]
 
 
 class Registry:
@@ -78,9 +78,17 @@ LOSSES = Registry("loss", {
     "ll_r": "sigrl.losses.spml:LargeLossRejectionLoss",
     "vlpl": "sigrl.methods.vlpl:VLPLLoss",
     "ranking": "sigrl.losses.ranking:RankingLoss",
+    "asl": "sigrl.losses.asl:AsymmetricLoss",
 })
 
 RECOVERIES = Registry("label recovery", {
     "sst": "sigrl.methods.sst:StructuredSemanticTransfer",
     "clsl": "sigrl.methods.clsl:CollaborativeLabelRecovery",
+})
+
+PROMPT_LEARNERS = Registry("prompt learner", {
+    "fixed": "sigrl.modules.prompt_learner:FixedPrompts",
+    "coop": "sigrl.modules.prompt_learner:CoOpPrompts",
+    "csc": "sigrl.modules.prompt_learner:ClassSpecificPrompts",
+    "dualcoop": "sigrl.modules.dualcoop:DualCoOpPrompts",
 })

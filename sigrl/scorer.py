@@ -25,6 +25,7 @@ from .checkpoint import LoadedRun, load_run
 from .experiment import Part, features, part_dataset
 from .finetune import apply_tail_state
 from .model import LabelText
+from .modules.prompt_learner import PromptLearner, learner_from_saved
 from .modules.matching import match_scores
 
 __all__ = ["Scorer", "score_part"]
@@ -34,14 +35,16 @@ class Scorer(nn.Module):
     """Label text (backbone, prompts, optional learnt context) + an optional trained head.
 
     Args:
-        text: the :class:`~sigrl.model.LabelText` that embeds label names.
-        head: a trained head, or None for plain CLIP matching.
+        text: the prompt learner that embeds label names (:mod:`sigrl.modules.prompt_learner`:
+            hand-written prompts, or a run's learnt coop / csc / dualcoop context).
+        head: a trained head, or None: the learner scores on its own (CLIP matching with
+            its T; DualCoOp's region scoring for a dualcoop run).
         name: a name for tables and plots.
         match_options: keyword arguments of ``match_scores`` (plain matching only:
             ``mode``, ``top_k``, ...).
     """
 
-    def __init__(self, text: LabelText, head: nn.Module | None = None, *, name: str = "clip",
+    def __init__(self, text: PromptLearner, head: nn.Module | None = None, *, name: str = "clip",
                  run: LoadedRun | None = None, **match_options):
         super().__init__()
         self.text, self.head, self.name, self.run = text, head, name, run
@@ -66,10 +69,10 @@ class Scorer(nn.Module):
         run.check_backbone(backbone)
         if run.backbone_tensors:  # the paper's regime: the run's fine-tuned ViT blocks, on a copy
             backbone = apply_tail_state(backbone, run.backbone_tensors)
-        text = LabelText(backbone, run.prompts)
-        if run.context is not None:
-            text.context = nn.Parameter(run.context.to(backbone.device), requires_grad=False)
-        return cls(text, run.head.to(backbone.device), name=name or run.run_dir.name, run=run)
+        text = learner_from_saved(backbone, run.prompts, run.learner, run.prompt_tensors)
+        text.requires_grad_(False)
+        head = run.head.to(backbone.device) if run.head is not None else None
+        return cls(text, head, name=name or run.run_dir.name, run=run)
 
     @property
     def backbone(self):
@@ -77,9 +80,9 @@ class Scorer(nn.Module):
 
     def forward(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, labels: list[str]) -> torch.Tensor:
         """(B, D), (B, P, D), C label names -> (B, C) float32 scores."""
+        if self.head is None:  # CLIP matching with the learner's T, or the learner's own rule (dualcoop)
+            return self.text.score(global_feats, local_feats, list(labels), **self.match_options).float()
         T = self.text(list(labels))
-        if self.head is None:
-            return match_scores(global_feats, local_feats, T.to(global_feats.device), **self.match_options).float()
         return self.head(global_feats, local_feats, T, label_names=list(labels)).float()
 
 

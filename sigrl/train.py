@@ -178,7 +178,7 @@ def end_epoch(accelerator, state: Progress, row: dict, early: str | None, model:
         if improved:
             tuned = tail_state(exp.backbone, model.visual.spec) if model.visual is not None else None
             save_run(run_dir, head=model.head, backbone=exp.backbone, prompts=exp.prompts,
-                     labels=list(exp.train.labels), config=exp.cfg, context=model.text.context, metrics=row,
+                     labels=list(exp.train.labels), config=exp.cfg, learner=model.text, metrics=row,
                      backbone_tensors=tuned)
         write_metrics_csv(run_dir / "metrics.csv", state.history)
         print(_epoch_line(row), file=sys.stderr)

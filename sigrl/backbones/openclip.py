@@ -131,8 +131,9 @@ class OpenClipBackbone(Backbone):
         return len(encode(text)) + 2 if encode else 0
 
     def encode_tokens(self, tokens: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (N, L) -> (N, D) normalised. ``context`` (M, W): learnable vectors put
-        after the start token (CoOp); the sequence is cut to ``context_length``."""
+        """tokens (N, L) -> (N, D) normalised. ``context`` (M, W), or (N, M, W) one per row:
+        learnable vectors put after the start token (CoOp); the sequence is cut to
+        ``context_length``."""
         m = self.model
         if self._custom_text:
             if context is not None:
@@ -141,9 +142,10 @@ class OpenClipBackbone(Backbone):
         eot = tokens.argmax(dim=-1)  # end-of-text has the largest id
         x = m.token_embedding(tokens)
         if context is not None:
-            ctx = context.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+            ctx = context.to(x.dtype)  # (M, W) shared, or (N, M, W) one per row (class-specific)
+            ctx = ctx.unsqueeze(0).expand(x.shape[0], -1, -1) if ctx.dim() == 2 else ctx
             x = torch.cat([x[:, :1], ctx, x[:, 1:]], dim=1)[:, : self.context_length]
-            eot = (eot + context.shape[0]).clamp(max=self.context_length - 1)
+            eot = (eot + ctx.shape[1]).clamp(max=self.context_length - 1)
         n = x.shape[1]
         x = x + m.positional_embedding[:n].to(x.dtype)
         mask = m.attn_mask[:n, :n] if m.attn_mask is not None else None
