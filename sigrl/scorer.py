@@ -85,6 +85,49 @@ class Scorer(nn.Module):
         T = self.text(list(labels))
         return self.head(global_feats, local_feats, T, label_names=list(labels)).float()
 
+    def per_label(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, labels: list[str],
+                  context: list[str] | None = None) -> torch.Tensor:
+        """(B, C) scores where label c's column depends on c alone, never on the other
+        labels of ``labels`` (what independent tagging probabilities are built on).
+
+        Plain matching: the un-normalised mean of the cosines, ``(s_l + s_g) / 2`` with
+        ``s_g = <g/|g|, T_c>`` and ``s_l`` = mean of the top-k ``<L_p/|L_p|, T_c>``
+        (``mode`` keeps one part). A trained head: its every logit (LogitBias included)
+        depends on the label set of the call (its label graph, SVFR's sum over labels, the
+        normalisation over labels), so label c is scored in the fixed set ``context + [c]``
+        (``context``: default the run's training labels): its own logit in the set it was
+        trained with, one head call per label outside ``context``."""
+        labels = list(labels)
+        if self.head is None and self.text.independent_scores:  # dualcoop: each label on its own already
+            return self.text.score(global_feats, local_feats, labels).float()
+        if self.head is None:
+            import torch.nn.functional as Fn
+
+            from .modules.matching import global_scores, local_scores
+
+            T = Fn.normalize(self.text(labels).to(global_feats.device).float(), dim=-1)
+            mode = self.match_options.get("mode", "local+global")
+            parts = []
+            if mode != "local":
+                parts.append(global_scores(Fn.normalize(global_feats.float(), dim=-1), T))
+            if mode != "global":
+                parts.append(local_scores(Fn.normalize(local_feats.float(), dim=-1), T,
+                                          self.match_options.get("top_k", 16)))
+            return (sum(parts) / len(parts)).float()
+        if context is None:
+            context = list(self.run.labels) if self.run is not None else []
+        context = list(dict.fromkeys(context))
+        where = {name: i for i, name in enumerate(context)}
+        out = torch.empty(global_feats.shape[0], len(labels), device=global_feats.device)
+        inside = [j for j, name in enumerate(labels) if name in where]
+        if inside:
+            scores = self(global_feats, local_feats, context)
+            out[:, inside] = scores[:, [where[labels[j]] for j in inside]].to(out.device)
+        for j, name in enumerate(labels):
+            if name not in where:
+                out[:, j] = self(global_feats, local_feats, context + [name])[:, -1].to(out.device)
+        return out
+
 
 def _dist(accelerator) -> tuple[int, int]:
     if accelerator is None:

@@ -1,36 +1,49 @@
-"""Zero-shot tagging: image files + any label names -> ranked tags.
+"""Zero-shot tagging: image files + any label names -> tags with per-label probabilities.
 
     from sigrl import Tagger
     tagger = Tagger(["beach", "dog", "sunset"], model="ViT-B-16", pretrained="/ckpt/vitb16.pt")
     for result in tagger.tag(["photos/"], top_k=3):
-        print(result.image, result.tags)            # [("dog", 0.61), ("beach", 0.27), ...]
+        print(result.image, result.tags)            # [("dog", 0.93), ("beach", 0.71), ...]
 
 The path of one image, file to score:
-    1. ``images.load_image``     file -> upright RGB (bad files become a skipped result)
+    1. ``images.load_image``     file -> upright RGB (bad files become a skipped result),
+                                 in DataLoader workers (``num_workers``)
     2. ``backbone.preprocess``   RGB -> (3, H, W)
-    3. ``backbone.encode_images`` batch -> global g (B, D), local tokens L (B, P, D)
+    3. ``backbone.encode_images`` batch -> global g (B, D), local tokens L (B, P, D);
+       with ``features=DIR`` read from / written to a :class:`~sigrl.feature_store.FeatureStore`
+       (keyed by file content and backbone; such images are neither decoded nor encoded)
     4. label names -> prompts -> ``prompts.embed_labels`` -> T (C, D)  (once per label set)
-    5. scores (B, C) from :class:`sigrl.scorer.Scorer`:
-         no checkpoint: CLIP local+global matching with the softmax rule
-            (``modules.matching.match_scores(combine="softmax")``): the mean of
-            softmax_C(top-k patch similarity) and softmax_C(global similarity)
-         ``checkpoint=RUN``: the trained head's logits, softmax over the labels
-       Either way each image's scores sum to 1 over the given labels, so a threshold
-       means the same thing with and without a trained head.
+    5. scores (B, C), ``scores=``:
+         "independent" (default): ``p_c = sigmoid(a_c s_c + b_c)`` of label c's own score
+            ``s_c`` (:meth:`sigrl.scorer.Scorer.per_label`: the mean of the local and
+            global cosines for plain matching; a trained head's logit in its training
+            label set plus c), so adding or removing other labels never changes p_c.
+            ``(a_c, b_c)``: from ``calibration`` (``sigrl calibrate``; labels it never
+            saw use its global map) or the scorer's default map
+            (:func:`sigrl.calibration.default_map`).
+         "softmax": the old normalised scores: each image's scores sum to 1 over the
+            given labels (plain matching with ``match_scores(combine="softmax")``, or a
+            head's logits through a softmax over the labels).
+    6. a tag is kept when it is in the top ``top_k`` (0 / None: all) and at or above its
+       threshold: the label's own (``thresholds=`` dict, else the calibration file's),
+       else ``threshold``, else none.
 
 Images are read and scored in batches (memory bounded by ``batch_size``), results are
-yielded as they are ready.
+yielded in input order as they are ready.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .backbones import load_backbone
+from .calibration import Calibration, default_map
 from .errors import CheckpointError, UsageError
 from .images import ImageError, find_images, load_image
 from .modules.matching import MODES
@@ -39,37 +52,52 @@ from .scorer import Scorer
 
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
+SCORE_KINDS = ("independent", "softmax")
 
 
 @dataclass
 class TagResult:
-    """Tags of one image (sorted by score, descending) or the reason it was skipped."""
+    """Tags of one image (sorted by score, descending) or the reason it was skipped;
+    ``scores`` names the score kind ("independent" probabilities or "softmax")."""
 
     image: str
     tags: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    scores: str = "independent"
 
     def to_dict(self) -> dict:
-        d = {"image": self.image, "tags": [{"label": l, "score": round(float(s), 6)} for l, s in self.tags]}
-        if self.error:
-            d["error"] = self.error
-        return d
+        """The record every output format carries: image, score kind, tags, error."""
+        return {"image": self.image, "scores": self.scores,
+                "tags": [{"label": l, "score": round(float(s), 6)} for l, s in self.tags], "error": self.error}
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: list[Path], preprocess):
-        self.paths, self.preprocess = paths, preprocess
+    """(i, pixels or None, error or None, content key or None); a file whose key is in
+    ``known`` is not decoded (its features are stored)."""
+
+    def __init__(self, paths: list[Path], preprocess, known: frozenset | None = None):
+        self.paths, self.preprocess, self.known = paths, preprocess, known
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i):
+        key = None
+        if self.known is not None:
+            from .feature_store import content_key
+
+            try:
+                key = content_key(self.paths[i])
+            except OSError:
+                key = None  # load_image names the reason
+            if key is not None and key in self.known:
+                return i, None, None, key
         try:
-            return i, self.preprocess(load_image(self.paths[i])), None
+            return i, self.preprocess(load_image(self.paths[i])), None, key
         except ImageError as err:
-            return i, None, str(err)
+            return i, None, str(err), key
         except Exception as err:  # a transform failing on an odd but decodable image
-            return i, None, f"cannot preprocess: {type(err).__name__}: {err}"
+            return i, None, f"cannot preprocess: {type(err).__name__}: {err}", key
 
 
 def _collate(items):
@@ -91,20 +119,30 @@ class Tagger:
             ``checkpoint``).
         mode: "local+global" (default), "global" or "local" (CLIP matching only).
         top_k_patches: patches averaged for the local score.
+        scores: "independent" (default) or "softmax" (module docstring).
+        calibration: a :class:`~sigrl.calibration.Calibration` or the path of a file
+            written by ``sigrl calibrate`` (maps and per-label thresholds).
+        features: a folder for the feature store (``sigrl tag --features``).
         backbone: an already loaded :class:`~sigrl.backbones.Backbone` (skips loading).
+        num_workers: DataLoader workers decoding images.
     """
 
     def __init__(self, labels, *, model: str | None = None, pretrained: str | None = None,
                  checkpoint: str | Path | None = None, prompts=None, mode: str = "local+global",
                  top_k_patches: int = 16, batch_size: int = 16, device: str = "cpu",
-                 backbone=None, preprocess: dict | None = None, num_workers: int = 0):
+                 backbone=None, preprocess: dict | None = None, num_workers: int = 0,
+                 scores: str = "independent", calibration=None, features: str | Path | None = None):
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        if scores not in SCORE_KINDS:
+            raise UsageError(f"scores must be one of {', '.join(SCORE_KINDS)}, got {scores!r}")
+        if calibration is not None and scores != "independent":
+            raise UsageError("a calibration maps independent scores: drop it or use scores='independent'")
         self.labels = clean_labels(labels)
         self.mode, self.top_k_patches, self.batch_size = mode, top_k_patches, batch_size
-        self.num_workers = num_workers
+        self.num_workers, self.kind = num_workers, scores
         if checkpoint is not None:
             self.scorer = Scorer.from_run(checkpoint, device=device, backbone=backbone)
             if prompts:
@@ -119,14 +157,56 @@ class Tagger:
                     if not Path(model).is_dir():  # an open_clip name: its default weights
                         pretrained = DEFAULT_PRETRAINED
                 backbone = load_backbone(model, pretrained, device=device, preprocess=preprocess)
-            # the per-image softmax rule, so that scores sum to 1 with and without a head
+            # softmax rule for scores="softmax"; per_label (independent) ignores the combine
             self.scorer = Scorer.clip(backbone, load_prompts(prompts), mode=mode, top_k=top_k_patches,
                                       combine="softmax")
         self.scorer.eval()
         self.backbone, self.prompts, self.head = self.scorer.backbone, self.scorer.text.prompts, self.scorer.head
+        self.run = self.scorer.run
+        self.calibration = self._read_calibration(calibration)
+        self.set_labels(self.labels)
+        self.store = None
+        if features is not None:
+            from .feature_store import FeatureStore
+
+            variant = (self.run.info.get("backbone_sha256") if self.run is not None else None)
+            self.store = FeatureStore(features, self.backbone, variant=variant)
+        self._check_finite(checkpoint or pretrained or model or "the backbone")
+
+    # ----------------------------------------------------------------- identity, labels
+    @property
+    def identity(self) -> dict:
+        """What a calibration is valid for: backbone, head, prompts, matching mode."""
+        head = None
+        if self.run is not None and self.head is not None:
+            head = self.run.info.get("head_sha256") or str(self.run.run_dir)
+        return {"backbone": self.backbone.fingerprint, "head": head, "prompts": self.prompts.key,
+                "mode": self.mode if self.head is None else None,
+                "top_k_patches": self.top_k_patches if self.head is None else None}
+
+    def _read_calibration(self, calibration) -> Calibration | None:
+        if calibration is None:
+            return None
+        cal = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
+        mine, theirs = self.identity, cal.scorer
+        bad = [k for k in ("backbone", "head", "prompts", "mode", "top_k_patches") if k in theirs and theirs[k] != mine[k]]
+        if bad:
+            raise UsageError(f"the calibration was fitted for another scorer ({', '.join(f'{k} {theirs[k]!r}, here {mine[k]!r}' for k in bad)}); "
+                             "run 'sigrl calibrate' with this model, prompts and mode")
+        return cal
+
+    def set_labels(self, labels) -> None:
+        """Score against another label set (each label keeps its own score and map)."""
+        self.labels = clean_labels(labels)
         with torch.no_grad():
             self.label_emb = self.scorer.text(self.labels)
-        self._check_finite(checkpoint or pretrained or model or "the backbone")
+        if self.calibration is not None:
+            a, b = self.calibration.maps(self.labels)
+        else:
+            a0, b0 = default_map(self.backbone, self.head is not None)
+            a, b = np.full(len(self.labels), a0), np.full(len(self.labels), b0)
+        self._a = torch.tensor(a, dtype=torch.float64)
+        self._b = torch.tensor(b, dtype=torch.float64)
 
     @torch.no_grad()
     def _check_finite(self, source) -> None:
@@ -145,51 +225,129 @@ class Tagger:
             raise CheckpointError(f"{source}: the model gives NaN/inf for a plain grey image; "
                                   "the weights are corrupt (re-download or retrain them)")
 
+    # ------------------------------------------------------------------------- scores
+    @torch.no_grad()
+    def raw_scores(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
+        """(B, D), (B, P, D) -> (B, C) each label's own score, before the map
+        (:meth:`sigrl.scorer.Scorer.per_label`)."""
+        return self.scorer.per_label(global_feats, local_feats, self.labels).float().cpu()
+
     @torch.no_grad()
     def score_features(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
-        """global (B, D), local (B, P, D) -> scores (B, C), each row summing to 1."""
-        scores = self.scorer(global_feats, local_feats, self.labels)
-        return torch.softmax(scores, dim=-1) if self.head is not None else scores
+        """global (B, D), local (B, P, D) -> scores (B, C): independent probabilities, or
+        rows summing to 1 with ``scores="softmax"``."""
+        if self.kind == "softmax":
+            s = self.scorer(global_feats, local_feats, self.labels)
+            return (torch.softmax(s, dim=-1) if self.head is not None else s).float().cpu()
+        s = self.raw_scores(global_feats, local_feats).double()
+        return torch.sigmoid(s * self._a + self._b).float()
 
-    def iter_scores(self, paths: list[Path], progress: bool = False) -> Iterator[tuple[Path, torch.Tensor | None, str | None]]:
-        """Yield ``(path, scores (C,) or None, error or None)`` in input order."""
+    def iter_features(self, paths: list[Path], progress: bool = False, desc: str = "tagging"
+                      ) -> Iterator[tuple[list[tuple[Path, str | None]], torch.Tensor | None, torch.Tensor | None, list[int]]]:
+        """Per batch: ``(items, global (n, D), local (n, P, D), good)`` where ``items`` is
+        ``[(path, error or None)]`` in input order and ``good`` indexes the items the
+        features belong to (the store's features, as fp16 values, when there is one)."""
         from tqdm.auto import tqdm
 
-        loader = DataLoader(_ImageFiles(paths, self.backbone.preprocess), batch_size=self.batch_size,
+        store = self.store
+        known = frozenset(store.keys()) if store is not None else None
+        loader = DataLoader(_ImageFiles(paths, self.backbone.preprocess, known), batch_size=self.batch_size,
                             num_workers=self.num_workers, collate_fn=_collate)
-        bar = tqdm(total=len(paths), unit="img", desc="tagging", disable=not progress, leave=False)
+        bar = tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+                   smoothing=0.1)
+        device = self.backbone.device
         for batch in loader:
-            good = [(i, x) for i, x, err in batch if x is not None]
-            scores = {}
-            if good:
-                pixels = torch.stack([x for _, x in good]).to(self.backbone.device)
+            errors: dict[int, str | None] = {}
+            feats: dict[int, tuple] = {}
+            to_encode = []
+            for i, x, err, key in batch:
+                errors[i] = err
+                if err is not None:
+                    continue
+                if x is None:  # stored features
+                    got = store.get(key)
+                    if got is not None:
+                        feats[i] = (torch.from_numpy(np.asarray(got[0]).astype(np.float32)),
+                                    torch.from_numpy(np.asarray(got[1]).astype(np.float32)))
+                        continue
+                    try:  # its shard was torn since: decode here
+                        x = self.backbone.preprocess(load_image(paths[i]))
+                    except ImageError as e:
+                        errors[i] = str(e)
+                        continue
+                to_encode.append((i, x, key))
+            if to_encode:
+                pixels = torch.stack([x for _, x, _ in to_encode]).to(device)
                 g, l = self.backbone.encode_images(pixels)
-                for (i, _), s in zip(good, self.score_features(g, l).cpu()):
-                    scores[i] = s
-            for i, x, err in batch:
-                yield paths[i], scores.get(i), err
+                g, l = g.float(), l.float()
+                if store is not None:  # score the stored (fp16) values: re-runs give the same scores
+                    g, l = g.half().float(), l.half().float()
+                for n, (i, _, key) in enumerate(to_encode):
+                    feats[i] = (g[n], l[n])
+                    if store is not None and key is not None:
+                        store.put(key, g[n].cpu().numpy(), l[n].cpu().numpy())
+            items = [(paths[i], errors[i]) for i, *_ in batch]
+            good = [n for n, (i, *_) in enumerate(batch) if i in feats]
+            if good:
+                G = torch.stack([feats[batch[n][0]][0].to(device) for n in good])
+                L = torch.stack([feats[batch[n][0]][1].to(device) for n in good])
+            else:
+                G = L = None
+            yield items, G, L, good
             bar.update(len(batch))
         bar.close()
+        if store is not None:
+            store.flush()
+
+    def iter_scores(self, paths: list[Path], progress: bool = False, raw: bool = False
+                    ) -> Iterator[tuple[Path, torch.Tensor | None, str | None]]:
+        """Yield ``(path, scores (C,) or None, error or None)`` in input order
+        (``raw=True``: :meth:`raw_scores`, before the map)."""
+        for items, G, L, good in self.iter_features(paths, progress):
+            scores = {}
+            if good:
+                s = self.raw_scores(G, L) if raw else self.score_features(G, L)
+                scores = dict(zip(good, s))
+            for n, (path, err) in enumerate(items):
+                yield path, scores.get(n), err
+
+    def label_thresholds(self, threshold: float | None = None, thresholds: dict | None = None) -> torch.Tensor:
+        """(C,) threshold of each label: its own (``thresholds``, else the calibration's),
+        else ``threshold``, else the calibration's global threshold when it has per-label
+        ones, else none (0)."""
+        own = dict(self.calibration.thresholds()) if self.calibration is not None else {}
+        own.update(thresholds or {})
+        fallback = threshold
+        if fallback is None and self.calibration is not None and own:
+            fallback = self.calibration.threshold
+        return torch.tensor([own.get(l, fallback if fallback is not None else -math.inf) for l in self.labels],
+                            dtype=torch.float32)
 
     def iter_tags(self, inputs, *, top_k: int | None = 5, threshold: float | None = None,
-                  progress: bool = False) -> Iterator[TagResult]:
+                  thresholds: dict | None = None, progress: bool = False, skip=None) -> Iterator[TagResult]:
         """Tag files/folders/globs; yields one :class:`TagResult` per image found
-        (inputs matching nothing yield a result with an error)."""
+        (inputs matching nothing yield a result with an error). ``top_k`` 0 or None:
+        every label; ``skip``: a function of an image name (``str(path)``), true for
+        images not to tag again (a resumed run)."""
         paths, problems = find_images([str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)])
         for item, reason in problems:
-            yield TagResult(item, error=reason)
-        k = len(self.labels) if top_k is None else max(0, min(top_k, len(self.labels)))
+            if not skip or not skip(item):
+                yield TagResult(item, error=reason, scores=self.kind)
+        if skip:
+            paths = [p for p in paths if not skip(str(p))]
+        k = len(self.labels) if not top_k else max(0, min(top_k, len(self.labels)))
+        cut = self.label_thresholds(threshold, thresholds)
         for path, scores, err in self.iter_scores(paths, progress):
             if scores is None:
-                yield TagResult(str(path), error=err)
+                yield TagResult(str(path), error=err, scores=self.kind)
                 continue
             if not torch.isfinite(scores).all():
-                yield TagResult(str(path), error="the model gives NaN/inf scores for this image")
+                yield TagResult(str(path), error="the model gives NaN/inf scores for this image", scores=self.kind)
                 continue
-            values, index = scores.sort(descending=True)
+            values, index = scores.sort(descending=True, stable=True)
             tags = [(self.labels[j], float(v)) for v, j in zip(values[:k].tolist(), index[:k].tolist())
-                    if threshold is None or v >= threshold]
-            yield TagResult(str(path), tags)
+                    if v >= cut[j]]
+            yield TagResult(str(path), tags, scores=self.kind)
 
     def tag(self, inputs, **kwargs) -> list[TagResult]:
         """List form of :meth:`iter_tags`."""
