@@ -6,8 +6,8 @@ A tagging probability is ``p = sigmoid(a * s + b)`` of a label's own score ``s``
 
 * **default, per backbone** (:func:`default_map`): plain CLIP matching takes the
   backbone's own logit scale as ``a`` (CLIP: 100, clamped to [1, 100]) and its logit
-  bias as ``b`` where it has one (SigLIP), else ``b = -0.25 a`` (a cosine of 0.25 maps to
-  0.5); a trained head's logit already carries its learnt LogitBias: ``a = 1, b = 0``.
+  bias as ``b`` where it has one (SigLIP), else ``b = -0.05 a`` (a label 0.05 above the
+  neutral anchors, :data:`sigrl.tagging.NEUTRAL_ANCHORS`, maps to 0.5); a trained head's logit already carries its learnt LogitBias: ``a = 1, b = 0``.
   These are starting points, not calibrated probabilities.
 * **calibrated** (``sigrl calibrate``, :func:`fit`): Platt scaling on a labelled set,
   one global map over every (image, label) pair with a known answer, and one map per
@@ -64,7 +64,7 @@ def default_map(backbone, head: bool) -> tuple[float, float]:
             return a, float(bias)
         except (TypeError, ValueError, RuntimeError):
             pass
-    return a, -0.25 * a
+    return a, -0.05 * a
 
 
 # ----------------------------------------------------------------------- fitting

@@ -83,16 +83,20 @@ class Scorer(nn.Module):
         if self.head is None:  # CLIP matching with the learner's T, or the learner's own rule (dualcoop)
             return self.text.score(global_feats, local_feats, list(labels), **self.match_options).float()
         T = self.text(list(labels))
-        return self.head(global_feats, local_feats, T, label_names=list(labels)).float()
+        logits = self.head(global_feats, local_feats, T, label_names=list(labels))
+        return self.text.combine_with_head(logits, global_feats, local_feats, list(labels)).float()
 
     def per_label(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, labels: list[str],
-                  context: list[str] | None = None) -> torch.Tensor:
+                  context: list[str] | None = None, anchors: list[str] | None = None) -> torch.Tensor:
         """(B, C) scores where label c's column depends on c alone, never on the other
         labels of ``labels`` (what independent tagging probabilities are built on).
 
         Plain matching: the un-normalised mean of the cosines, ``(s_l + s_g) / 2`` with
         ``s_g = <g/|g|, T_c>`` and ``s_l`` = mean of the top-k ``<L_p/|L_p|, T_c>``
-        (``mode`` keeps one part). A trained head: its every logit (LogitBias included)
+        (``mode`` keeps one part); with ``anchors`` (a fixed list of neutral words, never
+        the labels) each part minus the image's mean cosine to the anchors, which takes out
+        how much an image resembles any text (what a softmax over the labels removes)
+        without looking at the other labels. A trained head: its every logit (LogitBias included)
         depends on the label set of the call (its label graph, SVFR's sum over labels, the
         normalisation over labels), so label c is scored in the fixed set ``context + [c]``
         (``context``: default the run's training labels): its own logit in the set it was
@@ -105,14 +109,20 @@ class Scorer(nn.Module):
 
             from .modules.matching import global_scores, local_scores
 
-            T = Fn.normalize(self.text(labels).to(global_feats.device).float(), dim=-1)
-            mode = self.match_options.get("mode", "local+global")
-            parts = []
-            if mode != "local":
-                parts.append(global_scores(Fn.normalize(global_feats.float(), dim=-1), T))
-            if mode != "global":
-                parts.append(local_scores(Fn.normalize(local_feats.float(), dim=-1), T,
-                                          self.match_options.get("top_k", 16)))
+            mode, k = self.match_options.get("mode", "local+global"), self.match_options.get("top_k", 16)
+
+            def cosines(names):
+                T = Fn.normalize(self.text(list(names)).to(global_feats.device).float(), dim=-1)
+                parts = []
+                if mode != "local":
+                    parts.append(global_scores(Fn.normalize(global_feats.float(), dim=-1), T))
+                if mode != "global":
+                    parts.append(local_scores(Fn.normalize(local_feats.float(), dim=-1), T, k))
+                return parts
+
+            parts = cosines(labels)
+            if anchors:
+                parts = [s - a.mean(dim=1, keepdim=True) for s, a in zip(parts, cosines(anchors))]
             return (sum(parts) / len(parts)).float()
         if context is None:
             context = list(self.run.labels) if self.run is not None else []

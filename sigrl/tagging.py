@@ -15,9 +15,10 @@ The path of one image, file to score:
     4. label names -> prompts -> ``prompts.embed_labels`` -> T (C, D)  (once per label set)
     5. scores (B, C), ``scores=``:
          "independent" (default): ``p_c = sigmoid(a_c s_c + b_c)`` of label c's own score
-            ``s_c`` (:meth:`sigrl.scorer.Scorer.per_label`: the mean of the local and
-            global cosines for plain matching; a trained head's logit in its training
-            label set plus c), so adding or removing other labels never changes p_c.
+            ``s_c`` (:meth:`sigrl.scorer.Scorer.per_label`: for plain matching the mean of
+            the local and global cosines, each minus the image's mean cosine to the fixed
+            :data:`NEUTRAL_ANCHORS`; a trained head's logit in its training label set
+            plus c), so adding or removing other labels never changes p_c.
             ``(a_c, b_c)``: from ``calibration`` (``sigrl calibrate``; labels it never
             saw use its global map) or the scorer's default map
             (:func:`sigrl.calibration.default_map`).
@@ -53,6 +54,9 @@ from .scorer import Scorer
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
 SCORE_KINDS = ("independent", "softmax")
+#: fixed neutral words: plain matching scores each label relative to the image's mean
+#: cosine to these (through the same prompts), never relative to the other labels
+NEUTRAL_ANCHORS = ("something", "an object", "a thing", "a picture", "a pattern", "a background", "nothing")
 
 
 @dataclass
@@ -182,6 +186,7 @@ class Tagger:
             head = self.run.info.get("head_sha256") or str(self.run.run_dir)
         return {"backbone": self.backbone.fingerprint, "head": head, "prompts": self.prompts.key,
                 "mode": self.mode if self.head is None else None,
+                "anchors": list(NEUTRAL_ANCHORS) if self.head is None else None,
                 "top_k_patches": self.top_k_patches if self.head is None else None}
 
     def _read_calibration(self, calibration) -> Calibration | None:
@@ -189,7 +194,7 @@ class Tagger:
             return None
         cal = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
         mine, theirs = self.identity, cal.scorer
-        bad = [k for k in ("backbone", "head", "prompts", "mode", "top_k_patches") if k in theirs and theirs[k] != mine[k]]
+        bad = [k for k in ("backbone", "head", "prompts", "mode", "anchors", "top_k_patches") if k in theirs and theirs[k] != mine[k]]
         if bad:
             raise UsageError(f"the calibration was fitted for another scorer ({', '.join(f'{k} {theirs[k]!r}, here {mine[k]!r}' for k in bad)}); "
                              "run 'sigrl calibrate' with this model, prompts and mode")
@@ -230,7 +235,8 @@ class Tagger:
     def raw_scores(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
         """(B, D), (B, P, D) -> (B, C) each label's own score, before the map
         (:meth:`sigrl.scorer.Scorer.per_label`)."""
-        return self.scorer.per_label(global_feats, local_feats, self.labels).float().cpu()
+        anchors = list(NEUTRAL_ANCHORS) if self.head is None else None
+        return self.scorer.per_label(global_feats, local_feats, self.labels, anchors=anchors).float().cpu()
 
     @torch.no_grad()
     def score_features(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
