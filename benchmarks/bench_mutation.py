@@ -115,7 +115,8 @@ def repo_files() -> list[str]:
     res = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                          capture_output=True, check=True)
     files = [f for f in res.stdout.decode().split("\0") if f]
-    return [f for f in files if not f.startswith(("shared/", "mutants/")) and (REPO / f).is_file()]
+    return [f for f in files if not f.startswith(("shared/", "mutants/"))
+            and ((REPO / f).is_symlink() or (REPO / f).is_file())]
 
 
 def strip_tool_mutmut(pyproject: Path) -> None:
@@ -136,7 +137,10 @@ def make_copy(dest: Path, files: list[str], source: str, tests: list[str], extra
     for f in files:
         target = dest / f
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, target)
+        if (REPO / f).is_symlink():  # e.g. prompts/ -> sigrl/assets/prompts: keep it a link
+            os.symlink(os.readlink(REPO / f), target)
+        else:
+            shutil.copy2(REPO / f, target)
     strip_tool_mutmut(dest / "pyproject.toml")
     pkg = source.split("/")[0]
     pytest_args = ["-p", "no:cacheprovider", "-q", "-x", *extra_pytest]
@@ -176,7 +180,7 @@ def mutant_line(diff: str, name: str, source_lines: list[str], spans: dict[str, 
         return None
     lo, hi = spans.get(mutant_function(name), (1, len(source_lines)))
     for i in range(lo - 1, min(hi, len(source_lines))):
-        if source_lines[i].rstrip() == removed[0].rstrip():
+        if source_lines[i].strip() == removed[0].strip():  # method diffs are dedented
             return i + 1
     return lo
 

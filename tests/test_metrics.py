@@ -206,3 +206,71 @@ def test_moderate_size_random_scores_give_prevalence():
     p, r, f = precision_recall_f1_at_k(scores, targets, 5)
     assert 0.03 < m < 0.08  # random scores: AP ~ prevalence among known (0.05/0.95)
     assert 0.03 < p < 0.07  # random top-5: precision ~ positive rate 0.05
+
+
+# ----------------------------------------------------------- contracts (written to kill
+# surviving mutants of benchmarks/bench_mutation.py)
+
+
+def test_error_messages_name_the_argument():
+    with pytest.raises(UsageError, match=r"^scores must be 2-D"):
+        mean_average_precision(np.zeros(3), np.zeros((3, 1)))
+    with pytest.raises(UsageError, match=r"^targets must be 2-D"):
+        mean_average_precision(np.zeros((3, 1)), np.zeros(3))
+    with pytest.raises(UsageError, match=r"^scores must be an \(N, C\) array or tensor"):
+        mean_average_precision([[1.0, 2.0], [3.0]], np.zeros((2, 2)))  # ragged
+    with pytest.raises(UsageError, match=r"^scores must be real numbers, got dtype"):
+        mean_average_precision(np.array([["a", "b"]]), np.array([[1, -1]]))
+    with pytest.raises(UsageError, match=r"^targets must be numbers in \{1, -1, 0\}, got dtype"):
+        mean_average_precision(np.zeros((1, 2)), np.array([["a", "b"]]))
+    with pytest.raises(UsageError, match=r"^scores contain NaN;"):
+        mean_average_precision(np.array([[np.nan, 1.0]]), np.array([[1, -1]]))
+    with pytest.raises(UsageError, match=r"^mAP needs at least one class \(C = 0\)"):
+        mean_average_precision(np.zeros((3, 0)), np.zeros((3, 0)))
+    with pytest.raises(UsageError, match=r"^mAP with empty_class='skip': no class has a positive"):
+        mean_average_precision(np.zeros((2, 2)), -np.ones((2, 2)), empty_class="skip")
+
+
+def test_int8_targets_out_of_range_are_located():
+    for bad, where in (([[1, -1], [2, 0]], "found 2 at row 1, column 0"),
+                       ([[1, 0], [-2, -1]], "found -2 at row 1, column 0"),
+                       ([[0, 1], [-1, 1]], None)):
+        t = np.array(bad, dtype=np.int8)
+        if where is None:
+            assert average_precision_per_class(np.zeros((2, 2)), t).shape == (2,)
+        else:
+            with pytest.raises(UsageError, match=where):
+                average_precision_per_class(np.zeros((2, 2)), t)
+
+
+def test_float64_scores_are_not_rounded_to_float32():
+    torch = pytest.importorskip("torch")
+    s = np.array([[1.0], [1.0 + 1e-12]])  # equal in float32, ordered in float64
+    t = np.array([[-1], [1]])
+    assert average_precision_per_class(s, t)[0] == 1.0
+    assert average_precision_per_class(torch.tensor(s), torch.tensor(t))[0] == 1.0
+
+
+def test_column_blocks_of_odd_sizes(monkeypatch):
+    import sigrl.metrics as metrics
+
+    rng = np.random.default_rng(8)
+    scores = rng.integers(0, 4, size=(40, 9)).astype(np.float64)
+    targets = rng.choice([1, -1, 0], size=(40, 9))
+    whole = average_precision_per_class(scores, targets)
+    monkeypatch.setattr(metrics, "_BLOCK_BYTES", 20)  # a fraction of a column: one at a time
+    np.testing.assert_array_equal(average_precision_per_class(scores, targets), whole)
+    monkeypatch.setattr(metrics, "_BLOCK_BYTES", 40 * 9 * 4)  # 4 columns per block
+    np.testing.assert_array_equal(average_precision_per_class(scores, targets), whole)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 20])
+def test_top_k_on_many_labels_matches_a_full_sort(k):
+    # np.partition only orders the k-th element: on 300 labels a wrong kth index shows
+    rng = np.random.default_rng(k)
+    scores = rng.normal(size=(30, 300))
+    targets = rng.choice([1, -1], size=(30, 300), p=[0.1, 0.9])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    tp = int((np.take_along_axis(targets, top, axis=1) == 1).sum())
+    p, r, _ = precision_recall_f1_at_k(scores, targets, k)
+    assert p == pytest.approx(tp / (30 * k)) and r == pytest.approx(tp / int((targets == 1).sum()))

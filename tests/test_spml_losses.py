@@ -221,3 +221,153 @@ def test_ranking_is_registered():
 
     assert RankingLoss is ranking.RankingLoss
     assert "ranking" in LOSSES
+
+
+# ----------------------------------------------------------------- contracts (messages, bounds,
+# defaults, state format): each named in the docstrings; written to kill surviving mutants of
+# benchmarks/bench_mutation.py.
+from sigrl.losses.spml import (  # noqa: E402
+    AssumeNegativeLoss,
+    ExpectedPositiveRegularizationLoss,
+    FullLabelLoss,
+    WeightedAssumeNegativeLoss,
+)
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: WeightedAssumeNegativeLoss(neg_weight=-1), r"^wan: neg_weight must be a finite number >= 0"),
+    (lambda: ExpectedPositiveRegularizationLoss(expected_num_pos=-0.5), r"^epr: expected_num_pos must be"),
+    (lambda: EntropyMaximizationLoss(alpha=float("nan")), r"^em: alpha must be"),
+    (lambda: AsymmetricPseudoLabelLoss(2, 2, alpha=-1), r"^em_apl: alpha must be"),
+    (lambda: AsymmetricPseudoLabelLoss(2, 2, beta=-1), r"^em_apl: beta must be"),
+    (lambda: AsymmetricPseudoLabelLoss(2, 2, neg_proportion=1.5), r"^em_apl: neg_proportion must be in \[0, 1\]"),
+    (lambda: AsymmetricPseudoLabelLoss(0, 2), r"^em_apl: num_images and num_classes must be >= 1"),
+    (lambda: AsymmetricPseudoLabelLoss(2, 0), r"^em_apl: num_images and num_classes must be >= 1"),
+    (lambda: AsymmetricPseudoLabelLoss(2, 2, num_epochs=3, warmup_epochs=3), r"^em_apl: need 0 <= warmup_epochs"),
+    (lambda: LargeLossRejectionLoss(delta_rel=-0.1), r"^ll_r: delta_rel must be in \[0, 1\]"),
+    (lambda: OnlineLabelEstimationLoss(2, 2, expected_num_pos=-1), r"^role: expected_num_pos must be"),
+    (lambda: OnlineLabelEstimationLoss(0, 2, 1.0), r"^role: num_images and num_classes must be >= 1"),
+    (lambda: OnlineLabelEstimationLoss(2, 0, 1.0), r"^role: num_images and num_classes must be >= 1"),
+    (lambda: OnlineLabelEstimationLoss(2, 2, 1.0, init_pos=0.5), r"^role: init_pos must be in \(0.5, 1\)"),
+    (lambda: OnlineLabelEstimationLoss(2, 2, 1.0, init_pos=1.0), r"^role: init_pos"),
+    (lambda: OnlineLabelEstimationLoss(2, 2, 1.0, init_pos=1.5), r"^role: init_pos"),
+    (lambda: OnlineLabelEstimationLoss(2, 2, 1.0, init_width=0.5), r"^role: init_width must be in \[0, 0.5\)"),
+    (lambda: OnlineLabelEstimationLoss(2, 2, 1.0, init_width=1.0), r"^role: init_width"),
+])
+def test_config_errors_name_the_loss_and_the_option(build, message):
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_bounds_that_are_allowed():
+    LargeLossRejectionLoss(delta_rel=0.0)  # no rejection: AN
+    LargeLossRejectionLoss(delta_rel=1.0)
+    AsymmetricPseudoLabelLoss(2, 2, neg_proportion=0.0)
+    OnlineLabelEstimationLoss(2, 1, 1.0)  # one class is fine
+    role = OnlineLabelEstimationLoss(2, 3, 1.0, init_width=0.0)  # no randomness: all estimates 0.5
+    assert torch.equal(role.label_logits.detach(), torch.zeros(2, 3))
+
+
+def test_documented_defaults():
+    apl = AsymmetricPseudoLabelLoss(num_images=1, num_classes=1)
+    assert (apl.num_epochs, apl.warmup_epochs, apl.alpha, apl.beta, apl.neg_proportion, apl.auto_update) == (
+        10, 5, 0.1, 0.9, 0.9, True)
+    assert EntropyMaximizationLoss().alpha == 0.1
+    assert LargeLossRejectionLoss().delta_rel == 0.002 and LargeLossRejectionLoss().correct is False
+    default = OnlineLabelEstimationLoss(3, 4, 1.0).label_logits.detach()
+    assert torch.equal(default, OnlineLabelEstimationLoss(3, 4, 1.0, seed=0).label_logits.detach())
+    assert math.log(0.995 / 0.005) == pytest.approx(OnlineLabelEstimationLoss(3, 4, 1.0).init_logit)
+
+
+def test_state_buffers_have_the_saved_dtypes():
+    apl = AsymmetricPseudoLabelLoss(num_images=3, num_classes=2)
+    dtypes = {k: v.dtype for k, v in apl.state_dict().items()}
+    assert dtypes == {"pseudo_mask": torch.bool, "pseudo_target": torch.float32, "recorded_prob": torch.float32,
+                      "recorded_observed": torch.int8, "recorded": torch.bool, "last_epoch": torch.long}
+    assert int(apl.last_epoch) == -1
+
+
+def test_input_errors_are_named():
+    with pytest.raises(ValueError, match=r"^logits must be \(B, C\), got shape \(3,\)"):
+        AssumeNegativeLoss()(torch.zeros(3), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"^observed \(2, 3\) must have the shape of logits \(2, 4\)"):
+        AssumeNegativeLoss()(torch.zeros(2, 4), torch.zeros(2, 3))
+    role = OnlineLabelEstimationLoss(num_images=4, num_classes=3, expected_num_pos=1.0)
+    apl = AsymmetricPseudoLabelLoss(num_images=4, num_classes=3)
+    for name, loss in (("role", role), ("em_apl", apl)):
+        with pytest.raises(ValueError, match=rf"^{name}: built for 3 classes, got logits with 5"):
+            loss(torch.zeros(2, 5), torch.zeros(2, 5), index=torch.arange(2))
+        with pytest.raises(ValueError, match=rf"^{name}: index has 2 entries for a batch of 3"):
+            loss(torch.zeros(3, 3), torch.zeros(3, 3), index=torch.arange(2))
+        for bad in ([0, 4], [4], [-1, 0]):
+            with pytest.raises(ValueError, match=rf"^{name}: index out of range \[0, 4\)"):
+                loss(torch.zeros(len(bad), 3), torch.zeros(len(bad), 3), index=torch.tensor(bad))
+        loss(torch.zeros(2, 3), torch.zeros(2, 3), index=torch.tensor([3, 0]), epoch=0)  # the last image is fine
+    with pytest.raises(ValueError, match=r"^role keeps per-image state"):
+        role(torch.zeros(1, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"^ll_r needs the epoch"):
+        LargeLossRejectionLoss()(torch.zeros(1, 3), torch.zeros(1, 3))
+
+
+def test_one_entry_batches_and_empty_batches():
+    x = torch.tensor([[0.7]], dtype=torch.float64)
+    unobs, pos = torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
+    p = 1 / (1 + math.exp(-0.7))
+    h = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    assert AssumeNegativeLoss()(x, unobs).item() == pytest.approx(-math.log(1 - p))  # / (B*C) = 1
+    assert EntropyMaximizationLoss(alpha=0.5)(x, unobs).item() == pytest.approx(-0.5 * h)
+    assert LargeLossRejectionLoss()(x, pos, epoch=3).item() == pytest.approx(-math.log(p))
+    assert WeightedAssumeNegativeLoss()(x, pos).item() == pytest.approx(-math.log(p))
+    apl = AsymmetricPseudoLabelLoss(num_images=1, num_classes=1, alpha=0.5)
+    assert apl(x, unobs, index=torch.tensor([0]), epoch=0).item() == pytest.approx(-0.5 * h)
+    assert FullLabelLoss()(x, pos).item() == pytest.approx(-math.log(p))  # mean over 1 known entry
+    two = torch.tensor([[0.7, -0.2]], dtype=torch.float64)
+    assert FullLabelLoss()(two, torch.tensor([[0.0, -1.0]], dtype=torch.float64)).item() == pytest.approx(
+        -math.log(1 - 1 / (1 + math.exp(0.2))))
+    # WAN with C = 2: gamma = 1 / (C - 1) = 1, i.e. AN
+    obs2 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    assert WeightedAssumeNegativeLoss()(two, obs2).item() == pytest.approx(AssumeNegativeLoss()(two, obs2).item())
+    role = OnlineLabelEstimationLoss(num_images=1, num_classes=1, expected_num_pos=1.0, init_width=0.0)
+    role.seen.fill_(True)  # q = 0.5
+    q = 0.5
+    want = 0.5 * ((q * -math.log(p) + (1 - q) * -math.log(1 - p)) + (p * math.log(2) + (1 - p) * math.log(2))
+                  + (p - 1) ** 2 + (q - 1) ** 2)
+    assert role(x, unobs, index=torch.tensor([0])).item() == pytest.approx(want)
+    empty = torch.zeros(0, 3, requires_grad=True)
+    v = ExpectedPositiveRegularizationLoss(expected_num_pos=1.0)(empty, torch.zeros(0, 3))
+    assert v.item() == 0.0
+    v.backward()
+
+
+def test_loss_dtype_follows_the_logits():
+    x = torch.randn(2, 3, dtype=torch.float32)
+    obs64 = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    assert FullLabelLoss()(x, obs64).dtype == torch.float32
+    # ROLE: float32 estimates, float64 logits -> computed in float64 from the float32 values
+    role = OnlineLabelEstimationLoss(num_images=2, num_classes=3, expected_num_pos=1.0)
+    role.seen.fill_(True)
+    x64 = torch.randn(2, 3, dtype=torch.float64)
+    got = role(x64, obs64, index=torch.arange(2)).item()
+    ref = OnlineLabelEstimationLoss(num_images=2, num_classes=3, expected_num_pos=1.0).double()
+    ref.seen.fill_(True)
+    assert got == pytest.approx(ref(x64, obs64, index=torch.arange(2)).item(), rel=1e-13, abs=1e-13)
+
+
+def test_em_apl_round_uses_the_recorded_images_rows():
+    """Only images 3..5 were seen in epoch 0: the epoch-1 round labels among those rows."""
+    apl = AsymmetricPseudoLabelLoss(num_images=6, num_classes=1, num_epochs=2, warmup_epochs=1, neg_proportion=1.0)
+    idx = torch.tensor([3, 4, 5])
+    x = torch.tensor([[2.0], [-1.0], [0.5]])
+    apl(x, torch.zeros(3, 1), index=idx, epoch=0)
+    apl(x, torch.zeros(3, 1), index=idx, epoch=1)  # U = 3, one round -> all 3 recorded rows
+    assert apl.pseudo_mask[:, 0].tolist() == [False, False, False, True, True, True]
+    assert apl.pseudo_target[4, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(-1.0)).item())
+
+
+def test_extra_repr_lists_the_hyper_parameters():
+    assert "neg_weight=0.5" in repr(WeightedAssumeNegativeLoss(neg_weight=0.5))
+    r = repr(AsymmetricPseudoLabelLoss(num_images=2, num_classes=2, alpha=0.2, beta=0.3))
+    for part in ("alpha=0.2", "beta=0.3", "neg_proportion=0.9", "warmup_epochs=5", "num_epochs=10"):
+        assert part in r
+    assert ", " in r
+    assert "expected_num_pos=1.5" in repr(ExpectedPositiveRegularizationLoss(expected_num_pos=1.5))
