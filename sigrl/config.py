@@ -26,7 +26,7 @@ Sections (every key has a default; a YAML file names only what it changes):
     loss      name (see sigrl.registry.LOSSES), options; transport_weight (> 0 adds the
               conditional-transport loss between label-specific features and label
               embeddings), transport_tau, transport_labels (observed|predicted)
-    method    name (none|sst|clsl), options
+    method    name (none|sst_counted|clsl_threshold: label recovery between epochs), options
     train     epochs, batch_size (global, split across processes), lr, weight_decay, grad_accum,
               mixed_precision (no|fp16|bf16), seed, eval_every, early_stop, patience,
               scheduler (constant|cosine), warmup_steps, augment, num_workers

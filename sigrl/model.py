@@ -86,13 +86,19 @@ class TrainModule(nn.Module):
                 return logits
             return self.loss(logits.float(), observed, index=index, epoch=epoch) + distill
         T = self.text(labels)
-        if observed is None or self.transport is None:
+        wants_extras = getattr(self.loss, "wants_extras", False)  # per-step SST / CLSL: label features
+        if observed is None or (self.transport is None and not wants_extras):
             logits = self.head(g, l, T, label_names=list(labels))
             if observed is None:
                 return logits
             return self.loss(logits.float(), observed, index=index, epoch=epoch) + distill
         logits, extras = self.head(g, l, T, label_names=list(labels), return_extras=True)
-        loss = self.loss(logits.float(), observed, index=index, epoch=epoch) + distill
+        if wants_extras:
+            loss = self.loss(logits.float(), observed, index=index, epoch=epoch, extras=extras) + distill
+        else:
+            loss = self.loss(logits.float(), observed, index=index, epoch=epoch) + distill
+        if self.transport is None:
+            return loss
         feats = extras.get("label_feats")
         if feats is None:
             raise ConfigError(f"loss.transport_weight: head {type(self.head).__name__} returns no label-specific "
@@ -124,7 +130,7 @@ def build_model(cfg: Config, exp) -> TrainModule:
                          generator=generator)
     head = build_head(cfg, exp)  # before the loss: both may draw from the global RNG, in this order
     loss = make_loss(cfg.loss.name, num_images=len(exp.train), num_classes=len(exp.train.labels),
-                     num_epochs=cfg.train.epochs, **cfg.loss.options)
+                     num_epochs=cfg.train.epochs, embed_dim=exp.backbone.embed_dim, **cfg.loss.options)
     transport = ConditionalTransportLoss(tau=cfg.loss.transport_tau) if cfg.loss.transport_weight > 0 else None
     finetune = FinetuneSpec.from_dict(cfg.backbone.finetune)
     visual = FinetunedTail(exp.backbone, finetune) if finetune.enabled else None

@@ -77,13 +77,16 @@ LOSSES = Registry("loss", {
     "em_apl": "sigrl.losses.spml:AsymmetricPseudoLabelLoss",
     "ll_r": "sigrl.losses.spml:LargeLossRejectionLoss",
     "vlpl": "sigrl.methods.vlpl:VLPLLoss",
+    "sst": "sigrl.methods.sst:SSTLoss",  # the reference SST, per step (needs label-specific features)
+    "clsl": "sigrl.methods.clsl:CLSLLoss",  # the reference CLSL, per step (needs label-specific features)
     "ranking": "sigrl.losses.ranking:RankingLoss",
     "asl": "sigrl.losses.asl:AsymmetricLoss",
 })
 
 RECOVERIES = Registry("label recovery", {
-    "sst": "sigrl.methods.sst:StructuredSemanticTransfer",
-    "clsl": "sigrl.methods.clsl:CollaborativeLabelRecovery",
+    # our between-epoch variants of SST and CLSL (the papers' methods are losses "sst", "clsl")
+    "sst_counted": "sigrl.methods.sst:StructuredSemanticTransfer",
+    "clsl_threshold": "sigrl.methods.clsl:CollaborativeLabelRecovery",
 })
 
 PROMPT_LEARNERS = Registry("prompt learner", {

@@ -193,7 +193,7 @@ def test_clsl_recovers_more_as_scores_become_confident():
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(40, 6, generator=gen)
     obs = torch.zeros(40, 6)
-    rec = build_recovery("clsl", pos_start=0.9, pos_end=0.9, start_epoch=0)
+    rec = build_recovery("clsl_threshold", pos_start=0.9, pos_end=0.9, start_epoch=0)
     counts = []
     for sharpness in (0.5, 1.0, 2.0, 4.0):
         rec.update(0, z * sharpness, None, obs)
@@ -202,16 +202,19 @@ def test_clsl_recovers_more_as_scores_become_confident():
 
 
 def test_recovery_registry():
-    assert set(RECOVERIES) == {"sst", "clsl"}
-    assert isinstance(build_recovery("sst"), LabelRecovery)
+    # the papers' names are the reference losses (loss.name sst / clsl); ours are variants
+    assert set(RECOVERIES) == {"sst_counted", "clsl_threshold"}
+    assert isinstance(build_recovery("sst_counted"), LabelRecovery)
+    with pytest.raises(ConfigError, match="choose one of"):
+        build_recovery("sst")
     with pytest.raises(ConfigError, match="choose one of"):
         build_recovery("nope")
     with pytest.raises(ConfigError, match="valid options"):
-        build_recovery("clsl", threshold=0.5)
+        build_recovery("clsl_threshold", threshold=0.5)
     with pytest.raises(ConfigError):
-        build_recovery("clsl", pos_start=0.5, pos_end=0.9)  # the floor must not exceed the start
+        build_recovery("clsl_threshold", pos_start=0.5, pos_end=0.9)  # the floor must not exceed the start
     with pytest.raises(ConfigError):
-        build_recovery("sst", aggregate="median")
+        build_recovery("sst_counted", aggregate="median")
 
 
 def test_recovered_targets_train_with_full_loss():

@@ -157,7 +157,7 @@ def test_sigrl_head(tmp_path, dataset, tiny_clip_files):
 def test_label_recovery_method(tmp_path, dataset, tiny_clip_files):
     from sigrl.train import train
 
-    extra = ("method.name=sst", "loss.name=full", "data.observed=single_positive", "train.epochs=2")
+    extra = ("method.name=sst_counted", "loss.name=full", "data.observed=single_positive", "train.epochs=2")
     res = train(config(tmp_path, dataset, tiny_clip_files, *extra, name="full"), progress=False)
     assert len(res.history) == 2
     # the recovered labels are part of the saved state: resume gives the same run

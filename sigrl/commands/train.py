@@ -31,7 +31,7 @@ def register(sub, verb: str, help_text: str) -> None:
                "  sigrl train configs/world_zsl.yaml --resume\n"
                "  sigrl train configs/world_spml_an.yaml --set loss.name=vlpl -o runs/vlpl\n"
                "  sigrl train configs/world_spml_an.yaml --set data.observed=partial --set data.proportion=0.1 "
-               "--set loss.name=full --set method.name=sst\n"
+               "--set loss.name=sst\n"
                "  torchrun --nproc_per_node 2 -m sigrl train configs/world_zsl.yaml\n\n"
                f"heads (head.class): {' '.join(HEADS.names)}; losses (loss.name): {' '.join(LOSSES.names)}; "
                "+ loss.transport_weight=W adds the conditional-transport loss; "

@@ -242,8 +242,15 @@ class OnlineLabelEstimationLoss(_SPMLLoss):
     seen, its observed positives are set to logit(``init_pos``) and negatives to
     logit(1 - init_pos). The "seen" flags are a buffer, so the state dict holds all state.
 
+    Optimiser (as Cole et al. ``train.py``: one Adam, the estimator's group at
+    ``lr_mult`` x the classifier's lr): :meth:`param_groups` gives the label estimates
+    their own group with lr ``lr_mult * lr`` and no weight decay, which the trainer's
+    optimiser construction (:meth:`sigrl.model.TrainModule.param_groups`) uses. With
+    weight decay 0, AdamW's update is exactly Adam's, so that group is plain Adam.
+
     Hyper-parameters: num_images, num_classes (required); expected_num_pos (float, required);
-    init_pos=0.995; init_width=0.1; seed=0 (for the random initialisation).
+    init_pos=0.995; init_width=0.1; seed=0 (for the random initialisation); lr_mult=10.0
+    (the reference's ``lr_mult``); estimator_weight_decay=0.0.
     Source: Cole et al., "Multi-Label Learning from Single Positive Labels", CVPR 2021.
     """
 
@@ -258,8 +265,14 @@ class OnlineLabelEstimationLoss(_SPMLLoss):
         init_pos: float = 0.995,
         init_width: float = 0.1,
         seed: int = 0,
+        lr_mult: float = 10.0,
+        estimator_weight_decay: float = 0.0,
     ):
         super().__init__()
+        self.lr_mult = float(lr_mult)
+        if not (math.isfinite(self.lr_mult) and self.lr_mult > 0):
+            raise ConfigError(f"role: lr_mult must be a finite number > 0, got {lr_mult!r}")
+        self.estimator_weight_decay = _nonneg("estimator_weight_decay", estimator_weight_decay, "role")
         if int(num_images) < 1 or int(num_classes) < 1:
             raise ConfigError(f"role: num_images and num_classes must be >= 1, got {num_images}, {num_classes}")
         if not (0.5 < float(init_pos) < 1.0):
@@ -274,6 +287,12 @@ class OnlineLabelEstimationLoss(_SPMLLoss):
         init = (2.0 * torch.rand(self.num_images, self.num_classes, generator=gen) - 1.0) * half
         self.label_logits = nn.Parameter(init)
         self.register_buffer("seen", torch.zeros(self.num_images, dtype=torch.bool))
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """The label estimator's optimiser group: lr x ``lr_mult``, weight decay
+        ``estimator_weight_decay`` (0: plain Adam, as Cole et al.), whatever the head's."""
+        return [{"params": [self.label_logits], "lr": float(lr) * self.lr_mult,
+                 "weight_decay": self.estimator_weight_decay, "name": "role_estimator"}]
 
     def estimated_labels(self) -> Tensor:
         """Current label estimates sigmoid(label_logits), (num_images, num_classes), detached."""

@@ -1,14 +1,18 @@
 """Methods for incomplete labels that are more than a loss.
 
     vlpl   vision-language pseudo labels (Xing et al.): :func:`vlpl_pseudo_labels`, :class:`VLPLLoss`
-    sst    structured semantic transfer (Chen et al., AAAI 2022): :class:`StructuredSemanticTransfer`
-    clsl   collaborative label recovery with a relaxing threshold: :class:`CollaborativeLabelRecovery`
+    sst    structured semantic transfer (Chen et al., AAAI 2022): :class:`SSTLoss` (the reference,
+           ``loss.name: sst``), :class:`StructuredSemanticTransfer` (ours, ``method.name: sst_counted``)
+    clsl   collaborative learning (He et al. 2025): :class:`CLSLLoss` (the reference, ``loss.name: clsl``),
+           :class:`CollaborativeLabelRecovery` (ours, relaxing threshold, ``method.name: clsl_threshold``)
 
-Label recovery (``sst``, ``clsl``) follows one protocol, :class:`LabelRecovery`. The
+The per-step losses take the head's extras (``wants_extras = True``: the trainer passes
+``extras=`` with the label-specific features). Label recovery (``sst_counted``,
+``clsl_threshold``) follows one protocol, :class:`LabelRecovery`. The
 trainer calls it between epochs on the whole training set and trains on the returned
 targets with a BCE that ignores 0 (``build_loss("full")``)::
 
-    recovery = build_recovery("clsl", pos_start=0.95, pos_end=0.75)
+    recovery = build_recovery("clsl_threshold", pos_start=0.95, pos_end=0.75)
     for epoch in range(num_epochs):
         scores, features = score_train_set(model)          # (N, C), (N, D) or (N, C, D)
         targets = recovery.update(epoch, scores, features, observed)
@@ -63,6 +67,8 @@ _LAZY = {
     "vlpl_pseudo_labels": ("sigrl.methods.vlpl", "vlpl_pseudo_labels"),
     "VLPLLoss": ("sigrl.methods.vlpl", "VLPLLoss"),
     "StructuredSemanticTransfer": ("sigrl.methods.sst", "StructuredSemanticTransfer"),
+    "SSTLoss": ("sigrl.methods.sst", "SSTLoss"),
+    "CLSLLoss": ("sigrl.methods.clsl", "CLSLLoss"),
     "label_cooccurrence": ("sigrl.methods.sst", "label_cooccurrence"),
     "CollaborativeLabelRecovery": ("sigrl.methods.clsl", "CollaborativeLabelRecovery"),
     "linear_schedule": ("sigrl.methods.clsl", "linear_schedule"),

@@ -1,5 +1,10 @@
 """CLSL: collaborative learning — label recovery and feature learning in one loop.
 
+Two things live here: :class:`CLSLLoss` (``loss.name: clsl``), the reference's per-step
+soft filling of unknown labels from the main head's sharpened sigmoid into a second head
+(its docstring has the math), and :class:`CollaborativeLabelRecovery`
+(``method.name: clsl_threshold``), our thresholded variant between epochs, described below.
+
 Source: He, Xie, Li, Liu, Hu, "Collaborative Learning of Semantic-Aware Feature Learning
 and Label Recovery for Multi-Label Image Recognition with Incomplete Labels",
 arXiv:2510.10055, 2025 (code: github.com/Qingdandian/CLSL); the loop follows the
@@ -53,7 +58,7 @@ class CollaborativeLabelRecovery(LabelRecovery):
     scores_are_logits=True, soft=False.
     """
 
-    name = "clsl"
+    name = "clsl_threshold"
 
     def __init__(
         self,
@@ -125,3 +130,116 @@ class CollaborativeLabelRecovery(LabelRecovery):
             "neg_threshold": -1.0 if neg_thr is None else neg_thr,
         }
         return targets
+
+
+# ============================================================================ the reference CLSL
+def _asl_terms(logits: Tensor, target: Tensor, gamma_neg: float, gamma_pos: float, clip: float,
+               eps: float) -> Tensor:
+    """Per-entry asymmetric-loss terms (the sign as a loss: >= 0) for soft targets in [0, 1];
+    the focal weight carries no gradient (the reference's ``disable_torch_grad_focal_loss``)."""
+    p = torch.sigmoid(logits)
+    p_neg = (1.0 - p + clip).clamp(max=1.0) if clip > 0 else 1.0 - p
+    loss = -(target * torch.log(p.clamp(min=eps)) + (1.0 - target) * torch.log(p_neg.clamp(min=eps)))
+    if gamma_neg > 0 or gamma_pos > 0:
+        with torch.no_grad():
+            p_t = p * target + p_neg * (1.0 - target)
+            weight = torch.pow(1.0 - p_t, gamma_pos * target + gamma_neg * (1.0 - target))
+        loss = loss * weight
+    return loss
+
+
+class CLSLLoss(torch.nn.Module):
+    """CLSL as its reference trains it: per-step soft filling of unknown labels.
+
+    Source: Qingdandian/CLSL ``models/sarlp_clip.py`` (``SARLP.forward``, training branch
+    with partial labels), ``lib/aslloss.py`` (``AsymmetricLossOptimized``), ``lib/util.py``
+    (loss defaults). Our re-derivation (no code copied):
+
+    Two heads share the trainable features. The main head's logits z1 (B, C) are what the
+    model predicts (and what sigrl evaluates). A second head z0 reads the shared
+    class-specific features F (B, C, D) (``extras["label_feats"]``): z0_bc = <w_c, F_bc> + b_c
+    (a parameter of this loss). Each step:
+
+        s_b   = max_c z1_bc                                   (per image)
+        p1    = sigmoid(z1 * s_b)                             "sharpened" main-head probability
+        y~    = y01 on known entries, sg(p1) on unknown ones  (soft filling)
+        L     = ASL_known(z1, y01) + aux_weight * ASL_soft(z0, y~)
+        ASL_known = scale * sum over known entries of the ASL terms   (``MASK=True``: a sum)
+        ASL_soft  = scale * mean over all B*C entries of the ASL terms (soft targets)
+        ASL terms: -(t log p + (1 - t) log p_neg) (1 - p_t)^(gamma_pos t + gamma_neg (1 - t)),
+        p_neg = min(1, 1 - p + clip), p_t = t p + (1 - t) p_neg, logs clamped at eps,
+        focal weight without gradient.
+
+    y01 is 1 for observed +1 and 0 for observed -1. Reference defaults: gamma_neg=2,
+    gamma_pos=0, clip=0, eps=1e-5, aux_weight=0.1, scale=1000.
+
+    Differences from the reference, by construction: the second head is an element-wise
+    linear map on our head's label-specific features, where the reference's ``fc0`` is a
+    1x1 convolution on its trainable transformer's patch tokens with a top-1 over patches;
+    what the two heads share is our head's trainable part (SVFR / adapter), not a
+    fine-tuned CLIP encoder. ``filled`` (num_images, C) keeps each image's latest soft
+    labels of its unknown entries (NaN where known or never seen), for inspection.
+
+    Hyper-parameters: num_classes, embed_dim (context), num_images (context, optional);
+    aux_weight=0.1, gamma_neg=2.0, gamma_pos=0.0, clip=0.0, eps=1e-5, scale=1000.0,
+    sharpen=True (False: p1 = sigmoid(z1)).
+    """
+
+    name = "clsl"
+    wants_extras = True
+
+    def __init__(self, num_classes: int, embed_dim: int, num_images: int | None = None,
+                 aux_weight: float = 0.1, gamma_neg: float = 2.0, gamma_pos: float = 0.0, clip: float = 0.0,
+                 eps: float = 1e-5, scale: float = 1000.0, sharpen: bool = True):
+        super().__init__()
+        c, d = int(num_classes), int(embed_dim)
+        if c < 1 or d < 1:
+            raise ConfigError(f"clsl: needs num_classes and embed_dim >= 1, got {num_classes}, {embed_dim}")
+        for key, value in (("aux_weight", aux_weight), ("gamma_neg", gamma_neg), ("gamma_pos", gamma_pos),
+                           ("clip", clip), ("scale", scale)):
+            if not float(value) >= 0:
+                raise ConfigError(f"clsl: {key} must be >= 0, got {value!r}")
+        if not 0 < float(eps) < 0.5:
+            raise ConfigError(f"clsl: eps must be in (0, 0.5), got {eps!r}")
+        self.num_classes, self.embed_dim = c, d
+        self.aux_weight, self.gamma_neg, self.gamma_pos = float(aux_weight), float(gamma_neg), float(gamma_pos)
+        self.clip, self.eps, self.scale, self.sharpen = float(clip), float(eps), float(scale), bool(sharpen)
+        bound = 1.0 / float(d) ** 0.5
+        self.aux_weight_vectors = torch.nn.Parameter(torch.empty(c, d).uniform_(-bound, bound))
+        self.aux_bias = torch.nn.Parameter(torch.empty(c).uniform_(-bound, bound))
+        self.register_buffer("filled", None if num_images is None else torch.full((int(num_images), c), float("nan")))
+        self.stats: dict[str, float] = {}
+
+    def aux_logits(self, feats: Tensor) -> Tensor:
+        """The second head: (B, C) from F (B, C, D)."""
+        return (feats * self.aux_weight_vectors).sum(-1) + self.aux_bias
+
+    def soft_targets(self, logits: Tensor, observed: Tensor) -> Tensor:
+        """y~ (B, C): 1 / 0 on known entries, the main head's (sharpened) probability on unknown ones."""
+        z = logits.detach()
+        p = torch.sigmoid(z * z.max(dim=1, keepdim=True).values) if self.sharpen else torch.sigmoid(z)
+        return torch.where(observed != 0, (observed > 0).to(p.dtype), p)
+
+    def forward(self, logits: Tensor, observed: Tensor, *, index=None, epoch=None, extras=None) -> Tensor:
+        feats = None if extras is None else extras.get("label_feats")
+        if feats is None:
+            raise ConfigError("loss clsl needs the head's label-specific features (extras['label_feats'], "
+                              "B x C x D): use a head with local features (head.class sigrl or adapter)")
+        if logits.shape != observed.shape or feats.shape[:2] != logits.shape:
+            raise ValueError(f"clsl: logits {tuple(logits.shape)}, observed {tuple(observed.shape)} and "
+                             f"features {tuple(feats.shape)} must agree on (B, C)")
+        observed = observed.to(logits.device)
+        known = observed != 0
+        y01 = (observed > 0).to(logits.dtype)
+        main = _asl_terms(logits, y01, self.gamma_neg, self.gamma_pos, self.clip, self.eps)
+        main = self.scale * main[known].sum()
+        target = self.soft_targets(logits, observed)
+        aux = _asl_terms(self.aux_logits(feats.to(logits.dtype)), target, self.gamma_neg, self.gamma_pos,
+                         self.clip, self.eps)
+        loss = main + self.aux_weight * self.scale * aux.mean()
+        unknown = ~known
+        if self.training and self.filled is not None and index is not None:
+            rows = torch.as_tensor(index, device=self.filled.device).long()
+            self.filled[rows] = torch.where(unknown, target, torch.full_like(target, float("nan"))).to(self.filled)
+        self.stats = {"filled_over_half": int((unknown & (target > 0.5)).sum()), "unknown": int(unknown.sum())}
+        return loss
