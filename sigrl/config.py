@@ -8,7 +8,8 @@ A run config is data (nanoGPT style)::
 
 Sections (every key has a default; a YAML file names only what it changes):
 
-    data      format (csv|world|nuswide|voc|coco), root, observed (full|single_positive|partial),
+    data      format (csv|world|nuswide|voc|coco|cub|formatted), root, observed
+              (full|single_positive|partial|partial_sst: the SST protocol's Bernoulli mask),
               proportion, seed, val_fraction, all_labels (csv/world: ignore unseen.txt, train on
               every label), max_train_images (seeded subset), world (WorldSpec fields, + quick:
               true), options
@@ -165,8 +166,8 @@ class Config:
 _KEY_ALIASES = {HeadConfig: {"class": "head_class"}}
 
 CHOICES = {
-    "data.format": ("csv", "world", "nuswide", "voc", "coco"),
-    "data.observed": ("full", "single_positive", "partial"),
+    "data.format": ("csv", "world", "nuswide", "voc", "coco", "cub", "formatted"),
+    "data.observed": ("full", "single_positive", "partial", "partial_sst"),
     "head.class": ("none",) + HEADS.names,  # none: no head, the prompt learner scores (prompts alone)
     "prompts.learner": PROMPT_LEARNERS.names,
     "loss.name": LOSSES.names,
@@ -335,8 +336,8 @@ def validate(cfg: Config, source: str = "<config>") -> None:
     if cfg.head.head_class == "none" and cfg.prompts.learner == "fixed" and not cfg.prompts.tune:
         raise ConfigError(f"{source}: head.class=none trains the prompts alone, but prompts.learner=fixed has "
                           "nothing to learn; choose prompts.learner coop, csc or dualcoop, or a head")
-    if cfg.data.observed == "partial" and cfg.data.proportion >= 1.0:
-        raise ConfigError(f"{source}: data.observed=partial needs data.proportion < 1 (the fraction of labels kept)")
+    if cfg.data.observed in ("partial", "partial_sst") and cfg.data.proportion >= 1.0:
+        raise ConfigError(f"{source}: data.observed={cfg.data.observed} needs data.proportion < 1 (the fraction of labels kept)")
 
 
 def config_to_dict(cfg) -> dict:

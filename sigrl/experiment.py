@@ -144,7 +144,8 @@ def _observe(cfg: Config, targets: np.ndarray) -> np.ndarray:
         return targets
     if cfg.data.observed == "single_positive":
         return np.asarray(obs.single_positive(targets, seed=cfg.data.seed), dtype=np.int8)
-    return np.asarray(obs.partial(targets, cfg.data.proportion, seed=cfg.data.seed), dtype=np.int8)
+    mode = "sst" if cfg.data.observed == "partial_sst" else "per_image"  # sst: HCP-MLR-PL's draw
+    return np.asarray(obs.partial(targets, cfg.data.proportion, seed=cfg.data.seed, mode=mode), dtype=np.int8)
 
 
 def _holdout(cfg: Config, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -33,8 +33,8 @@ def register(sub, verb: str, help_text: str) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("format", choices=["nuswide", "voc", "coco", "csv"], metavar="FORMAT",
-                   help="nuswide, voc, coco or csv")
+    c.add_argument("format", choices=["nuswide", "voc", "coco", "csv", "cub", "formatted"], metavar="FORMAT",
+                   help="nuswide, voc, coco, csv, cub (CUB-200-2011 attributes) or formatted (Cole et al.'s .npy files)")
     c.add_argument("root", metavar="ROOT", help="the dataset root directory")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     c.add_argument("--max-images", type=int, metavar="N",

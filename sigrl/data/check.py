@@ -35,7 +35,7 @@ from .formats import LoadedDataset, load_dataset
 
 __all__ = ["FORMATS", "CheckReport", "check_dataset", "check_images"]
 
-FORMATS = ("nuswide", "voc", "coco", "csv")
+FORMATS = ("nuswide", "voc", "coco", "csv", "cub", "formatted")
 MAX_LISTED = 20
 
 
@@ -86,7 +86,8 @@ class CheckReport:
         }
 
     def to_text(self, max_problems: int = 20) -> str:
-        name = {"nuswide": "NUS-WIDE", "voc": "PASCAL VOC", "coco": "COCO", "csv": "CSV/JSONL dataset"}[self.format]
+        name = {"nuswide": "NUS-WIDE", "voc": "PASCAL VOC", "coco": "COCO", "csv": "CSV/JSONL dataset",
+                "cub": "CUB-200-2011 attributes", "formatted": "Cole et al. formatted .npy dataset"}[self.format]
         layout = f" ({self.layout} layout)" if self.layout else ""
         state = ("NOT USABLE" if self.error else
                  f"usable with {len(self.problems)} problem{'s' * (len(self.problems) != 1)}" if self.problems
@@ -213,7 +214,7 @@ def _load_nuswide(root: Path, report: CheckReport, problems: list[str]):
 
 
 def _load_split_pair(fmt: str, root: Path, report: CheckReport, problems: list[str], year=None):
-    """VOC / COCO: the train and test splits the trainer would use (sigrl.data.formats)."""
+    """VOC / COCO / CUB / formatted: the train and test splits the trainer would use (sigrl.data.formats)."""
     loaded = load_dataset(fmt, root, {"year": year} if year else {}, problems=problems)
     report.layout = loaded.layout
     report.notes += loaded.notes
@@ -226,7 +227,7 @@ def check_dataset(fmt: str, root: str | Path, *, max_images: int | None = None, 
     """Check a dataset root; never raises for a bad dataset (see :class:`CheckReport`).
 
     Args:
-        fmt: "nuswide", "voc", "coco" or "csv".
+        fmt: "nuswide", "voc", "coco", "csv", "cub" or "formatted".
         root: the dataset root.
         max_images: check at most this many image files per split (evenly spaced).
         progress: show a tqdm bar on stderr while checking images.

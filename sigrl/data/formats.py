@@ -12,6 +12,10 @@ nuswide    the zero-shot train / test lists (925 seen + 81 unseen labels)
 voc        VOC2007 (test annotations public): trainval / test;
            VOC2012 (SPML protocol, official val = test): train / val
 coco       train<year> / val<year> (SPML protocol), year 2014 unless only 2017 exists
+cub        CUB-200-2011, 312 attributes: is_train = 1 / the rest (Cole et al.; official
+           archive or their formatted .npy files, :mod:`sigrl.data.cub`)
+formatted  Cole et al.'s formatted_{train,val}_{images,labels}.npy of any dataset: train / val
+           (options image_dir, labels_file)
 =========  ===================================================================
 
 ``options`` are keyword arguments of the format's loader; for VOC and COCO also
@@ -25,13 +29,14 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from .base import MultiLabelSplit, ZeroShotDataset
 from .coco import annotation_file, find_coco_splits, load_coco
+from .cub import find_cub_root, load_cub, load_formatted
 from .csvdata import find_split_file, load_csv_dataset, load_csv_split
 from .nuswide import load_nuswide
 from .voc import find_voc_root, load_voc, read_split_ids
 
 __all__ = ["FORMATS", "LoadedDataset", "load_dataset", "voc_splits", "coco_splits"]
 
-FORMATS = ("csv", "world", "nuswide", "voc", "coco")
+FORMATS = ("csv", "world", "nuswide", "voc", "coco", "cub", "formatted")
 
 
 @dataclass
@@ -100,6 +105,10 @@ def load_dataset(fmt: str, root: str | Path, options: dict | None = None, *, all
             return LoadedDataset(ds, layout=opts.get("layout"))
         if fmt == "voc":
             return _load_voc(root, opts)
+        if fmt == "cub":
+            return _load_cub(root, opts)
+        if fmt == "formatted":
+            return _load_formatted(root, opts)
         return _load_coco(root, opts)
     except TypeError as err:
         raise ConfigError(f"data.options: {str(err).splitlines()[0]}") from None
@@ -143,3 +152,22 @@ def _load_coco(root: Path, opts: dict) -> LoadedDataset:
         notes.append(f"{len(ds.train.labels)} categories (real COCO has 80)")
     return LoadedDataset(ds, {"train": str(annotation_file(root, train_name)),
                               "test": str(annotation_file(root, test_name))}, train_name[-4:], notes)
+
+
+def _load_cub(root: Path, opts: dict) -> LoadedDataset:
+    ds = _pair(load_cub(root, "train", **opts), load_cub(root, "test", **opts))
+    inner = find_cub_root(root)
+    formatted = (inner / "formatted_train_labels.npy").is_file() or (inner.parent / "formatted_train_labels.npy").is_file()
+    layout = "formatted" if formatted or not (inner / "images.txt").is_file() else "official"
+    notes = ["train = is_train 1, test = is_train 0 (Cole et al.'s train / val); no unknown entries"]
+    if len(ds.train.labels) != 312:
+        notes.append(f"{len(ds.train.labels)} attributes (real CUB has 312)")
+    src = str(inner / "train_test_split.txt") if layout == "official" else str(inner / "formatted_train_labels.npy")
+    return LoadedDataset(ds, {"train": src, "test": src}, layout, notes)
+
+
+def _load_formatted(root: Path, opts: dict) -> LoadedDataset:
+    ds = _pair(load_formatted(root, split="train", **opts), load_formatted(root, split="val", **opts))
+    notes = ["train = formatted_train_*, test = formatted_val_* (Cole et al.'s files; SPML protocol)"]
+    return LoadedDataset(ds, {"train": str(root / "formatted_train_labels.npy"),
+                              "test": str(root / "formatted_val_labels.npy")}, None, notes)

@@ -14,7 +14,13 @@ machine and numpy version that keeps the PCG64 stream.
   entries — positives and negatives alike — the rest 0. ``mode="per_image"``
   (default) keeps exactly round(p · K_i) of the K_i known entries of image i, a
   uniformly random subset; ``mode="bernoulli"`` keeps each known entry independently
-  with probability p.
+  with probability p. ``mode="sst"``: the SST protocol exactly (HCP-MLR-PL
+  ``datasets/*.py`` ``changeLabelProportion``): ``numpy.random.seed(seed)`` (legacy
+  MT19937, the reference's seed 0), one ``random(shape)`` draw for the whole matrix, an
+  entry kept iff its draw < p — a Bernoulli mask over every entry, the same matrix the
+  reference gets from the same full labels. (VOC in the reference counts a class present
+  only as difficult as absent, -1; sigrl's VOC loader makes it unknown, 0, by default:
+  ``data.options: {difficult: negative}`` gives the reference's labels.)
 * :func:`holdout_split`: a seeded random ``fraction`` of indices as validation (the
   20 % of train held out in the SPML protocol).
 
@@ -81,8 +87,11 @@ def partial(targets, proportion: float, seed: int, *, mode: str = "per_image") -
         raise UsageError(f"proportion must be a number in (0, 1], got {proportion!r}") from None
     if not 0.0 < p <= 1.0:
         raise UsageError(f"proportion must be in (0, 1] (e.g. 0.1 for 10%), got {proportion!r}")
-    if mode not in ("per_image", "bernoulli"):
-        raise UsageError(f"mode must be 'per_image' or 'bernoulli', got {mode!r}")
+    if mode not in ("per_image", "bernoulli", "sst"):
+        raise UsageError(f"mode must be 'per_image', 'bernoulli' or 'sst', got {mode!r}")
+    if mode == "sst":  # the reference's legacy global-seed draw, one matrix at once
+        keys = np.random.RandomState(_seed(seed)).random_sample(t.shape)
+        return np.where(keys < p, t, 0).astype(np.int8)
     rng = np.random.default_rng(_seed(seed))
     n, c = t.shape
     out = np.zeros(t.shape, dtype=np.int8)
@@ -104,16 +113,17 @@ def partial(targets, proportion: float, seed: int, *, mode: str = "per_image") -
 
 
 def make_observed(targets, kind: str, seed: int, proportion: float | None = None) -> np.ndarray:
-    """Dispatch: ``kind`` = "full" (copy), "single_positive" or "partial" (needs proportion)."""
+    """Dispatch: ``kind`` = "full" (copy), "single_positive", "partial" or "partial_sst"
+    (the SST protocol's mask, ``partial(mode="sst")``; both need a proportion)."""
     if kind == "full":
         return _targets(targets).copy()
     if kind == "single_positive":
         return single_positive(targets, seed)
-    if kind == "partial":
+    if kind in ("partial", "partial_sst"):
         if proportion is None:
-            raise UsageError("kind 'partial' needs a proportion in (0, 1]")
-        return partial(targets, proportion, seed)
-    raise UsageError(f"kind must be 'full', 'single_positive' or 'partial', got {kind!r}")
+            raise UsageError(f"kind {kind!r} needs a proportion in (0, 1]")
+        return partial(targets, proportion, seed, mode="sst" if kind == "partial_sst" else "per_image")
+    raise UsageError(f"kind must be 'full', 'single_positive', 'partial' or 'partial_sst', got {kind!r}")
 
 
 def holdout_split(n: int, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
