@@ -224,8 +224,9 @@ class SSTLoss(torch.nn.Module):
                A_bjj = 1; unknown j -> +1 if s_bj >= m_intra (else stays 0);
         inter: s_bc = mean over the K memory slots k of cos(F[b, c], M[c, k]);
                unknown c -> +1 if s_bc >= m_inter.
-    Margins: m(e) = max(floor, m0 - step * max(0, e - generate_label_epoch)), the
-    reference's 0.95 lowered by 0.025 after each labelled epoch down to 0.75.
+    Margins: m(e) = m0 up to epoch g = ``generate_label_epoch``, then
+    max(floor, m0 - step * (e - g)): the reference's 0.95 lowered by 0.025 after each
+    labelled epoch, down to 0.75.
 
     Loss = BCE(logits, y)                                     known entries, mean
          + w_intra_bce * BCE(logits, intra targets)           (labelled epochs)
@@ -303,7 +304,10 @@ class SSTLoss(torch.nn.Module):
     # ------------------------------------------------------------------ pieces
     def margins(self, epoch: int) -> tuple[float, float]:
         """(intra, inter) margins used during ``epoch`` (0-based)."""
-        drop = self.margin_step * max(0, int(epoch) - self.generate_label_epoch)
+        n = int(epoch) - self.generate_label_epoch  # labelled epochs finished before this one
+        if n <= 0:
+            return self.intra_margin, self.inter_margin
+        drop = self.margin_step * n
         return (max(self.margin_floor, self.intra_margin - drop), max(self.margin_floor, self.inter_margin - drop))
 
     def cooccurrence_logits(self, feats: Tensor) -> Tensor:
