@@ -88,11 +88,12 @@ class TrainModule(nn.Module):
         T = self.text(labels)
         wants_extras = getattr(self.loss, "wants_extras", False)  # per-step SST / CLSL: label features
         if observed is None or (self.transport is None and not wants_extras):
-            logits = self.head(g, l, T, label_names=list(labels))
+            logits = self.text.combine_with_head(self.head(g, l, T, label_names=list(labels)), g, l, list(labels))
             if observed is None:
                 return logits
             return self.loss(logits.float(), observed, index=index, epoch=epoch) + distill
         logits, extras = self.head(g, l, T, label_names=list(labels), return_extras=True)
+        logits = self.text.combine_with_head(logits, g, l, list(labels))
         if wants_extras:
             loss = self.loss(logits.float(), observed, index=index, epoch=epoch, extras=extras) + distill
         else:

@@ -74,7 +74,8 @@ class DualCoOpPrompts(LearnedPrompts):
         spatial_scale, logit_scale: s and λ of the module docstring.
 
     ``forward(labels)`` gives the positive embeddings T+ (what a head consumes when one is
-    trained jointly); :meth:`score` is DualCoOp's own rule.
+    trained jointly); :meth:`score` is DualCoOp's own rule. With a head, the logit of a
+    label is the head's (on T+) plus DualCoOp's (:meth:`combine_with_head`).
     """
 
     name = "dualcoop"
@@ -93,6 +94,7 @@ class DualCoOpPrompts(LearnedPrompts):
         self._context = nn.Parameter(context.float().to(backbone.device).clone())
         self.negative_context = nn.Parameter(negative_context.float().to(backbone.device).clone())
         self.spatial_scale, self.logit_scale = float(spatial_scale), float(logit_scale)
+        self._last = None
 
     @property
     def context(self) -> torch.Tensor:
@@ -103,11 +105,22 @@ class DualCoOpPrompts(LearnedPrompts):
         return int(self._context.shape[0])
 
     def forward(self, labels: list[str]) -> torch.Tensor:
-        return self.embed(list(labels), self._context)
+        return self.pair(list(labels))[0]
 
     def pair(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T+ (C, D), T- (C, D)); one encoder call when both contexts have the same length."""
+        """(T+ (C, D), T- (C, D)); one encoder call when both contexts have the same length.
+        The last pair is kept until the contexts change (an optimizer step bumps their
+        version), so ``forward`` + ``score`` in one training step encode once."""
         labels = list(labels)
+        key = (tuple(labels), self._context._version, self.negative_context._version, torch.is_grad_enabled(),
+               self.prompts.key)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        out = self._pair(labels)
+        self._last = (key, out)
+        return out
+
+    def _pair(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         pos, neg = self._context, self.negative_context
         if pos.shape != neg.shape or not labels:
             return self.embed(labels, pos), self.embed(labels, neg)
@@ -128,6 +141,10 @@ class DualCoOpPrompts(LearnedPrompts):
         dev = local_feats.device if local_feats is not None else global_feats.device
         return dualcoop_logits(local_feats, pos.to(dev), neg.to(dev), spatial_scale=self.spatial_scale,
                                logit_scale=self.logit_scale)
+
+    def combine_with_head(self, head_logits, global_feats, local_feats, labels) -> torch.Tensor:
+        """With a head trained jointly (it consumed T+): head logit + DualCoOp's logit."""
+        return head_logits + self.score(global_feats, local_feats, labels).to(head_logits.dtype)
 
     def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """Each label's own probability sigmoid(z+ - z-) (rows do not sum to 1)."""

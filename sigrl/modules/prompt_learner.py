@@ -139,6 +139,11 @@ class PromptLearner(nn.Module):
         """What a tagger shows for the head-less :meth:`score`: the matching rule's own scores."""
         return scores
 
+    def combine_with_head(self, head_logits: torch.Tensor, global_feats, local_feats, labels) -> torch.Tensor:
+        """The logits of a head trained jointly with this learner (the head consumed
+        ``self(labels)``): the head's own here; DualCoOp adds its per-label logit."""
+        return head_logits
+
     def forward(self, labels: list[str]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
