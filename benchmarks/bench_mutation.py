@@ -211,6 +211,13 @@ def run_one(source: str, tests: list[str], files: list[str], args) -> dict:
 
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     statuses = {k: status_by_exit_code[v] for k, v in codes.items()}
+    if statuses and all(v is None for v in codes.values()):
+        # mutmut stops before testing any mutant when the unmutated tests fail
+        result["error"] = (f"no mutant was tested (mutmut rc {rc}); the clean run of {', '.join(tests)} "
+                           f"probably fails: {' | '.join(tail.strip().splitlines()[-4:])}")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return result
     text = (REPO / source).read_text()
     lines, spans = text.splitlines(), function_spans(text)
     survivors = []
