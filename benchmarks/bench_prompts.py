@@ -114,8 +114,6 @@ def step_cost(overrides: list[str], steps: int = 20) -> list[dict]:
             opt.step()
             t1 = time.perf_counter()
             if learner != "fixed":
-                if hasattr(model.text, "_last"):
-                    model.text._last = None  # DualCoOp keeps its last pair: encode afresh
                 T = model.text.pair(labels) if learner == "dualcoop" else (model.text(labels),)
                 sum(t.sum() for t in T).backward()
                 opt.zero_grad()

@@ -303,3 +303,22 @@ def test_train_prompts_alone_then_eval_and_tag(micro, tmp_path):
     for key, value in result["metrics"].items():
         assert value == pytest.approx(best[f"test/{key}"], abs=1e-9), key
     assert json.loads((Path(cfg.output) / "run.json").read_text())["prompt_learner"]["name"] == "dualcoop"
+
+
+def test_dualcoop_with_a_head_accumulates_gradients_without_a_step(tiny_backbone):
+    """Gradient accumulation (backward twice, no optimizer step between): each forward
+    encodes afresh, and the head's logit is the head's plus DualCoOp's."""
+    from sigrl.losses.asl import AsymmetricLoss
+    from sigrl.model import TrainModule
+    from sigrl.modules.adapter import AdapterHead
+
+    learner = _learner("dualcoop", tiny_backbone, negative_init="random")
+    head = AdapterHead(64, combine="l2")
+    model = TrainModule(head, learner, AsymmetricLoss())
+    g, l = _feats()
+    observed = torch.tensor([[1, -1, 0]] * 4, dtype=torch.float32)
+    for _ in range(2):
+        model(g, l, SEEN, observed).backward()
+    with torch.no_grad():
+        want = head(g, l, learner(SEEN), label_names=SEEN) + learner.score(g, l, SEEN)
+        assert torch.allclose(model(g, l, SEEN), want, atol=1e-5)

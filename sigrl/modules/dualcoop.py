@@ -94,7 +94,7 @@ class DualCoOpPrompts(LearnedPrompts):
         self._context = nn.Parameter(context.float().to(backbone.device).clone())
         self.negative_context = nn.Parameter(negative_context.float().to(backbone.device).clone())
         self.spatial_scale, self.logit_scale = float(spatial_scale), float(logit_scale)
-        self._last = None
+        self._stash = None  # (labels, T+, T-) of the last forward, used once by combine_with_head
 
     @property
     def context(self) -> torch.Tensor:
@@ -105,20 +105,16 @@ class DualCoOpPrompts(LearnedPrompts):
         return int(self._context.shape[0])
 
     def forward(self, labels: list[str]) -> torch.Tensor:
-        return self.pair(list(labels))[0]
+        """T+ (C, D). The negative embeddings of the same encoder call are kept for the
+        :meth:`combine_with_head` that follows (a head trained jointly): one encoding per step."""
+        labels = list(labels)
+        pos, neg = self._pair(labels)
+        self._stash = (tuple(labels), pos, neg)
+        return pos
 
     def pair(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T+ (C, D), T- (C, D)); one encoder call when both contexts have the same length.
-        The last pair is kept until the contexts change (an optimizer step bumps their
-        version), so ``forward`` + ``score`` in one training step encode once."""
-        labels = list(labels)
-        key = (tuple(labels), self._context._version, self.negative_context._version, torch.is_grad_enabled(),
-               self.prompts.key)
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
-        out = self._pair(labels)
-        self._last = (key, out)
-        return out
+        """(T+ (C, D), T- (C, D)); one encoder call when both contexts have the same length."""
+        return self._pair(list(labels))
 
     def _pair(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         pos, neg = self._context, self.negative_context
@@ -143,8 +139,16 @@ class DualCoOpPrompts(LearnedPrompts):
                                logit_scale=self.logit_scale)
 
     def combine_with_head(self, head_logits, global_feats, local_feats, labels) -> torch.Tensor:
-        """With a head trained jointly (it consumed T+): head logit + DualCoOp's logit."""
-        return head_logits + self.score(global_feats, local_feats, labels).to(head_logits.dtype)
+        """With a head trained jointly (it consumed ``self(labels)`` = T+): head logit + DualCoOp's."""
+        stash, self._stash = self._stash, None
+        if stash is not None and stash[0] == tuple(labels):
+            pos, neg = stash[1], stash[2]
+        else:
+            pos, neg = self._pair(list(labels))
+        dev = local_feats.device if local_feats is not None else global_feats.device
+        z = dualcoop_logits(local_feats, pos.to(dev), neg.to(dev), spatial_scale=self.spatial_scale,
+                            logit_scale=self.logit_scale)
+        return head_logits + z.to(head_logits.dtype)
 
     def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """Each label's own probability sigmoid(z+ - z-) (rows do not sum to 1)."""
