@@ -103,3 +103,29 @@ def test_hand_value_asymmetric_pair():
     bwd = 0.5 * sum(sum(e[c][k] / (e[0][k] + e[1][k]) * (1 - s[c][k]) for c in range(2)) for k in range(2))
     assert ConditionalTransportLoss(tau=1.0)(feats, emb).item() == pytest.approx(fwd + bwd, rel=1e-12)
     assert fwd != pytest.approx(bwd)  # the two directions differ here: both must be present
+
+
+def test_small_weights_and_mixed_dtypes():
+    feats, emb, weights = case(7)
+    small = weights * 0.05  # every image's weights sum below 1: the marginal still normalises
+    assert ConditionalTransportLoss(tau=0.4)(feats, emb, small).item() == pytest.approx(
+        loop_ct(feats, emb, small, 0.4).item(), rel=1e-10)
+    # float32 weights and label embeddings with float64 features: computed in float64
+    w32, e32 = (small + 0.01 * (small > 0)).float(), emb.float()
+    got = ConditionalTransportLoss(tau=0.4)(feats, e32, w32).item()
+    assert got == pytest.approx(loop_ct(feats, e32.double(), w32.double(), 0.4).item(), rel=1e-12, abs=1e-14)
+
+
+def test_default_tau_and_messages():
+    from sigrl.errors import ConfigError
+
+    assert ConditionalTransportLoss().tau == 0.1
+    with pytest.raises(ConfigError, match=r"^transport: tau must be a finite number > 0, got inf"):
+        ConditionalTransportLoss(tau=float("inf"))
+    loss = ConditionalTransportLoss()
+    with pytest.raises(ValueError, match=r"^label_feats must be \(B, C, D\), got \(3, 4\)"):
+        loss(torch.zeros(3, 4), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"^label_emb must be \(C, D\) = \(3, 4\), got \(5, 4\)"):
+        loss(torch.zeros(2, 3, 4), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match=r"^weights must be \(B, C\) = \(2, 3\), got \(2, 5\)"):
+        loss(torch.zeros(2, 3, 4), torch.zeros(3, 4), torch.ones(2, 5))
