@@ -7,8 +7,9 @@
 =============  =====================================================================
 hook           what it does
 =============  =====================================================================
-VLPL           before training: the frozen backbone scores every training image against
-               every label (global cosine, the plain prompts), the loss turns the scores
+VLPL           before training: the frozen backbone (or the loss's own pseudo_backbone)
+               scores every training image against every label (global cosine; the label
+               names alone, or the plain prompts with text=prompts), the loss turns the scores
                into pseudo labels (``sigrl.methods.vlpl``); records their quality
 EM+APL         before each labelled epoch after the warm-up: the current model scores the
                whole training part (eval mode, gathered from every process) and the loss
@@ -22,6 +23,7 @@ identical to one.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -64,9 +66,19 @@ class VLPLPseudoLabels(EpochHook):
         self.loss = loss
 
     def setup(self, scorer: Scorer, exp) -> dict:
-        with torch.no_grad():  # the plain prompts: a tuned prompt context is not learnt yet
-            feats = Fn.normalize(part_global_features(exp.train, exp.backbone), dim=-1)
-            emb = Fn.normalize(embed_labels(exp.backbone, list(exp.train.labels), exp.prompts).float().cpu(), dim=-1)
+        backbone, part = exp.backbone, exp.train
+        spec = getattr(self.loss, "pseudo_backbone", None)
+        if spec:  # VLPL's own frozen scorer (its code: CLIP ViT-L/14-336), encoded live
+            from .backbones import load_backbone
+
+            backbone = load_backbone(spec["model"], spec.get("pretrained"), device=str(exp.backbone.device),
+                                     preprocess=spec.get("preprocess"))
+            part = dataclasses.replace(exp.train, features=None)
+        # the label name alone (VLPL's label-only text features) or the run's plain prompts
+        prompts = "{}" if getattr(self.loss, "text", "prompts") == "label" else exp.prompts
+        with torch.no_grad():  # a tuned prompt context is not learnt yet
+            feats = Fn.normalize(part_global_features(part, backbone).float(), dim=-1)
+            emb = Fn.normalize(embed_labels(backbone, list(exp.train.labels), prompts).float().cpu(), dim=-1)
         observed = _observed(exp)
         targets = self.loss.fit_pseudo_labels(feats @ emb.t(), observed)
         stats = dict(getattr(self.loss, "stats", {}))

@@ -58,7 +58,7 @@ def test_vlpl_pseudo_labels_come_from_the_frozen_backbone(tmp_path, all_labels_d
     threshold = float(flat[i] + flat[i + 1]) / 2
 
     cfg = config(tmp_path, all_labels_data, tiny_clip_files, "data.observed=single_positive", "loss.name=vlpl",
-                 "loss.options.temperature=null", f"loss.options.pos_threshold={threshold}", "train.epochs=1")
+                 "loss.options.text=prompts", "loss.options.temperature=null", f"loss.options.pos_threshold={threshold}", "train.epochs=1")
     res = train(cfg, progress=False)
     assert np.isfinite(res.history[-1]["train/loss"])
     stored = _state_tensors(Path(cfg.output))["loss.pseudo_labels"].to(torch.int64)

@@ -13,6 +13,18 @@ In the paper the score is a temperature softmax over the labels of the CLIP cosi
 similarities, softmax_c(cos(image, label_c) / 0.01), thresholded at 0.3; pass
 ``temperature=0.01`` to :func:`vlpl_pseudo_labels` to reproduce that, or leave it None to
 threshold the given scores directly (e.g. SigRL's normalised scores).
+
+Which image and text features (mvrl/VLPL ``models.py`` ``ImageClassifier.forward``,
+``main_clip.py``): a *separate* frozen CLIP (ViT-L/14 at 336 px, ``feature_extractor``)
+embeds the image, L2-normalised; the text features are the label names alone
+(``VOC20text_feature_labelonly.npy``, ``CoCo80text_feature_labelonly.npy``: no prompt
+template); the trained network is another model. sigrl's trainer does the same with
+``text="label"`` (default: the label name is the whole prompt) and, with
+``pseudo_backbone={model, pretrained[, preprocess]}``, a second frozen backbone that only
+scores the training images for the pseudo labels (encoded live, not cached). Without it
+the run's own backbone scores them. ``text="prompts"`` is the earlier rule of sigrl: the
+run's prompt set (e.g. "a photo of a {}.", averaged over templates). Our text features are
+L2-normalised; whether VLPL's stored .npy features were cannot be read from its code.
 """
 from __future__ import annotations
 
@@ -116,7 +128,9 @@ class VLPLLoss(nn.Module):
     smoothing=0.1, unobserved="em"; num_images, num_classes (optional, for stored labels);
     the pseudo-label rule of :meth:`fit_pseudo_labels`: pos_threshold=0.3 on
     softmax(cos / temperature) with temperature=0.01 (the paper), neg_threshold and
-    neg_fraction (None: no pseudo negatives).
+    neg_fraction (None: no pseudo negatives); which features score (module docstring):
+    text="label" (the reference's label-only text) or "prompts" (the run's prompt set),
+    pseudo_backbone=None (the run's backbone) or {model, pretrained, preprocess}.
     Source: Xing et al., "Vision-Language Pseudo-Labels for Single-Positive Multi-Label
     Learning", arXiv:2310.15985, 2023.
     """
@@ -136,8 +150,23 @@ class VLPLLoss(nn.Module):
         temperature: float | None = 0.01,
         neg_threshold: float | None = None,
         neg_fraction: float | None = None,
+        text: str = "label",
+        pseudo_backbone: dict | str | None = None,
     ):
         super().__init__()
+        if text not in ("label", "prompts"):
+            raise ConfigError(f"vlpl: text must be one of: label, prompts (got {text!r})")
+        if isinstance(pseudo_backbone, str):
+            pseudo_backbone = {"model": pseudo_backbone}
+        if pseudo_backbone is not None:
+            if not isinstance(pseudo_backbone, dict) or "model" not in pseudo_backbone:
+                raise ConfigError("vlpl: pseudo_backbone must be a model name/path or {model, pretrained, preprocess}")
+            unknown = sorted(set(pseudo_backbone) - {"model", "pretrained", "preprocess"})
+            if unknown:
+                raise ConfigError(f"vlpl: pseudo_backbone has no key(s) {', '.join(unknown)}; "
+                                  "valid keys: model, pretrained, preprocess")
+            pseudo_backbone = dict(pseudo_backbone)
+        self.text, self.pseudo_backbone = text, pseudo_backbone
         for key, value in (("alpha", alpha), ("beta_pos", beta_pos), ("beta_neg", beta_neg)):
             if not (math.isfinite(float(value)) and float(value) >= 0):
                 raise ConfigError(f"vlpl: {key} must be a finite number >= 0, got {value!r}")
