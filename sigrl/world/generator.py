@@ -50,7 +50,7 @@ from ..paths import cache_dir
 from ..safeio import atomic_write_text
 
 # Bump when the drawing or captioning changes: it is part of every world's hash.
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -86,26 +86,32 @@ class WorldSpec:
         n_pretrain, n_train, n_val, n_test: images per split (pretrain has captions).
         shape_only_captions, colour_only_captions, mixed_captions: probability that a
             caption names only shapes / only colours / some objects by shape only.
+        scene_core, scene_strength: each scene type has ``scene_core`` characteristic
+            compounds that take ``scene_strength`` of its probability mass (the rest
+            follows the scene's colour and shape preferences, with a floor), so labels
+            co-occur strongly within a scene (what a label graph can use).
     """
 
     seed: int = 0
-    image_size: int = 64
+    image_size: int = 96
     n_colours: int = 8
     n_shapes: int = 6
-    n_scenes: int = 6
-    min_objects: int = 1
-    max_objects: int = 4
-    radius_min: float = 0.14
-    radius_max: float = 0.22
+    n_scenes: int = 8
+    min_objects: int = 2
+    max_objects: int = 6
+    radius_min: float = 0.08
+    radius_max: float = 0.2
     max_rotation: float = 20.0
     unseen_fraction: float = 0.25
-    n_pretrain: int = 48000
-    n_train: int = 6000
+    n_pretrain: int = 0
+    n_train: int = 4000
     n_val: int = 1000
     n_test: int = 2000
-    shape_only_captions: float = 0.25
+    shape_only_captions: float = 0.3
     colour_only_captions: float = 0.05
     mixed_captions: float = 0.15
+    scene_core: int = 6
+    scene_strength: float = 0.7
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides) -> "WorldSpec":
@@ -129,6 +135,10 @@ class WorldSpec:
             raise UsageError(f"image_size must be at least 16, got {self.image_size}")
         if min(self.n_pretrain, self.n_train, self.n_val, self.n_test) < 0 or self.n_scenes < 1:
             raise UsageError("image counts must be >= 0 and n_scenes >= 1")
+        if self.scene_core < 0 or not 0 <= self.scene_strength <= 1:
+            raise UsageError(f"need scene_core >= 0 and scene_strength in [0, 1], got {self.scene_core}, {self.scene_strength}")
+        if self.scene_core and self.scene_core < self.max_objects and self.scene_strength == 1:
+            raise UsageError("scene_strength 1 needs scene_core >= max_objects")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,12 +223,17 @@ class World:
         """(S, C): each scene prefers a few colours and shapes (Dirichlet draws) and some
         specific compounds (log-normal factors); a floor keeps every compound possible."""
         nc, ns, C = self.spec.n_colours, self.spec.n_shapes, len(self.labels)
+        core_n = min(self.spec.scene_core, C)
         probs = []
         for _ in range(self.spec.n_scenes):
             wc = rng.dirichlet(np.full(nc, 0.6))
             ws = rng.dirichlet(np.full(ns, 0.6))
             w = np.outer(wc, ws).ravel() * rng.lognormal(0.0, 0.6, size=C)
             w = 0.85 * w / w.sum() + 0.15 / C
+            core = np.zeros(C)
+            if core_n:
+                core[rng.choice(C, size=core_n, replace=False)] = 1.0 / core_n
+            w = self.spec.scene_strength * core + (1 - self.spec.scene_strength) * w
             probs.append(w / w.sum())
         return np.array(probs)
 
@@ -334,6 +349,39 @@ class World:
             "shapes": self.shapes,
             "scene_probs": np.round(self.scene_probs, 5).tolist(),
         }
+
+
+# -- the pre-training corpus ------------------------------------------------------------------
+# The shipped world model's pre-training corpus is its own, as web data is: a world with this
+# fixed seed (its own scene types), drawn in memory. A demo's --seed changes the labelled
+# world and the seen/unseen split, never the model.
+CORPUS_SEED = 1_000_000_007
+
+
+def corpus_spec(**overrides) -> WorldSpec:
+    """The :class:`WorldSpec` of the pre-training corpus (drawing parameters as the default
+    world, seed :data:`CORPUS_SEED`)."""
+    return WorldSpec(**{"seed": CORPUS_SEED, "n_train": 0, "n_val": 0, "n_test": 0, **overrides})
+
+
+def render_corpus(spec: WorldSpec, start: int, stop: int) -> tuple[np.ndarray, list[str], list[list[int]]]:
+    """Images ``start..stop`` of the ``pretrain`` split of ``spec`` in memory:
+    ((N, H, W, 3) uint8, captions, objects), identical to what :func:`generate_world`
+    writes for that split."""
+    world = _WORKER_WORLD.get(spec)
+    if world is None:
+        _WORKER_WORLD.clear()
+        world = _WORKER_WORLD[spec] = World(spec)
+    s = spec.image_size
+    images = np.empty((max(stop - start, 0), s, s, 3), dtype=np.uint8)
+    captions, objects = [], []
+    for k, i in enumerate(range(start, stop)):
+        sample = world.sample("pretrain", i)
+        images[k] = sample.image
+        cap_rng = np.random.default_rng([spec.seed, 7_000_001, i])
+        captions.append(world.caption(sample.objects, cap_rng))
+        objects.append(sample.objects)
+    return images, captions, objects
 
 
 # -- shapes (signed distance in units of the radius; < 0 inside) ----------------------------

@@ -1,0 +1,233 @@
+"""The shipped world model: a tiny open_clip CLIP pre-trained once on the world's own
+corpus (:func:`sigrl.world.generator.corpus_spec`, fixed seed) and stored in the package
+(``sigrl/world/model/``: ``world.json`` open_clip config + preprocess_cfg,
+``world.safetensors`` fp16 weights, ``manifest.json`` with the exact command, specs, seeds,
+steps, loss curve, probe figures and the weights' sha256).
+
+Reproduce it from scratch (CPU; ``sigrl world pretrain`` runs the same function)::
+
+    OMP_NUM_THREADS=1 python -m sigrl.world.ship --out DIR
+
+Training writes ``DIR/train.log`` (one line per 10 steps: step, loss, lr, seconds) and a
+checkpoint every ``checkpoint_every`` steps (``DIR/checkpoints/step-NNNNNN.safetensors``), so
+a partial model is usable. The corpus is drawn in memory (no PNG files).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, UsageError
+from ..safeio import atomic_write_text
+from .generator import GENERATOR_VERSION, corpus_spec, render_corpus
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "model"
+ARCH_JSON = SHIPPED_DIR / "world-v2.json"
+CONFIG_JSON = SHIPPED_DIR / "world.json"
+WEIGHTS = SHIPPED_DIR / "world.safetensors"
+MANIFEST = SHIPPED_DIR / "manifest.json"
+SHORT_NAMES = ("world", "world-v2")
+
+
+@dataclass(frozen=True)
+class ShipSpec:
+    """The shipped model's recipe (every field is recorded in the manifest)."""
+
+    arch: str = str(ARCH_JSON.name)
+    n_images: int = 50000
+    steps: int = 1800
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 200
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShipSpec":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UsageError(f"unknown pre-training parameters: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def arch_config(arch: str = ARCH_JSON.name) -> dict:
+    path = Path(arch) if Path(arch).is_file() else SHIPPED_DIR / arch
+    if not path.is_file():
+        raise UsageError(f"unknown world model architecture {arch!r}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shipped_paths() -> tuple[Path, Path]:
+    """(config json, weights) of the model in the package; DataError when not shipped."""
+    if not (CONFIG_JSON.is_file() and WEIGHTS.is_file()):
+        raise DataError(f"{SHIPPED_DIR}: the shipped world model is missing (build it: sigrl world pretrain)")
+    return CONFIG_JSON, WEIGHTS
+
+
+def read_manifest() -> dict:
+    return json.loads(MANIFEST.read_text(encoding="utf-8"))
+
+
+def draw_corpus(n: int, log=None, chunk: int = 2000):
+    """(N, 3, H, W) uint8 tensor and N captions of the fixed pre-training corpus."""
+    import torch
+
+    spec = corpus_spec(n_pretrain=n)
+    s = spec.image_size
+    images = torch.empty((n, 3, s, s), dtype=torch.uint8)
+    captions: list[str] = []
+    t0 = time.perf_counter()
+    for a in range(0, n, chunk):
+        im, cap, _ = render_corpus(spec, a, min(a + chunk, n))
+        images[a : a + len(im)] = torch.from_numpy(im).permute(0, 3, 1, 2)
+        captions += cap
+        if log:
+            log(f"corpus {a + len(im)}/{n} images {time.perf_counter() - t0:.1f}s")
+    return images, captions
+
+
+def _lr_at(step: int, spec: ShipSpec) -> float:
+    if step < spec.warmup:
+        return spec.lr * (step + 1) / spec.warmup
+    progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+    return 0.5 * spec.lr * (1 + math.cos(math.pi * progress))
+
+
+def _save_weights(model, path: Path, fp16: bool = True) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: (v.detach().half() if fp16 and v.is_floating_point() else v.detach()).contiguous().clone()
+             for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, max_steps: int | None = None,
+                      threads: int = 1, quiet: bool = False) -> dict:
+    """Pre-train the world model into ``out`` (train.log, checkpoints/, world.json,
+    world.safetensors, train.json). ``max_steps`` stops early (same schedule: a shortened
+    rerun's loss curve is comparable step by step with the recorded one)."""
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+
+    from .pretrain import _cut, _param_groups, _adamw, channel_stats, encode_text_cut, get_tokenizer
+
+    out = Path(out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    logf = open(out / "train.log", "a", encoding="utf-8")
+
+    def log(msg: str) -> None:
+        logf.write(msg + "\n")
+        logf.flush()
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    cfg = arch_config(spec.arch)
+    context = int(cfg["text_cfg"]["context_length"])
+    images, captions = draw_corpus(spec.n_images, log)
+    mean, std = channel_stats(images)
+    tokens = get_tokenizer()(captions, context_length=context)
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    torch.manual_seed(spec.seed)
+    model = open_clip.CLIP(**cfg)
+    model.train()
+    opt = _adamw(_param_groups(model, spec.weight_decay), spec.lr)
+    loss_fn = open_clip.ClipLoss()
+    order = np.random.default_rng([spec.seed, 11]).permutation
+    perm, pos = order(len(captions)), 0
+    preprocess_cfg = {"size": int(cfg["vision_cfg"]["image_size"]), "mean": [round(m, 6) for m in mean],
+                      "std": [round(s, 6) for s in std], "interpolation": "bicubic", "resize_mode": "shortest"}
+    atomic_write_text(out / "world.json", json.dumps({**cfg, "preprocess_cfg": preprocess_cfg}, indent=2) + "\n")
+    log(f"start steps={spec.steps} batch={spec.batch_size} setup={time.perf_counter() - t0:.1f}s")
+    losses: list[float] = []
+    t_train = time.perf_counter()
+    stop = spec.steps if max_steps is None else min(max_steps, spec.steps)
+    for step in range(stop):
+        if pos + spec.batch_size > len(perm):
+            perm, pos = order(len(captions)), 0
+        idx = torch.from_numpy(perm[pos : pos + spec.batch_size])
+        pos += spec.batch_size
+        x = (images[idx].float().div_(255.0) - mean_t) / std_t
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, spec)
+        img_f = model.encode_image(x, normalize=True)
+        txt_f = encode_text_cut(model, _cut(tokens[idx]))
+        loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(float(loss.item()))
+        if (step + 1) % 10 == 0:
+            log(f"step {step + 1} loss {np.mean(losses[-10:]):.4f} lr {_lr_at(step, spec):.2e} "
+                f"t {time.perf_counter() - t_train:.1f}")
+        if (step + 1) % spec.checkpoint_every == 0 or step + 1 == stop:
+            model.eval()
+            _save_weights(model, out / "checkpoints" / f"step-{step + 1:06d}.safetensors")
+            model.train()
+    model.eval()
+    _save_weights(model, out / "world.safetensors")
+    info = {
+        "spec": spec.to_dict(),
+        "generator_version": GENERATOR_VERSION,
+        "corpus_seed": corpus_spec().seed,
+        "steps_done": stop,
+        "losses": [round(l, 5) for l in losses],
+        "final_loss": round(float(np.mean(losses[-20:])), 5),
+        "train_seconds": round(time.perf_counter() - t_train, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "threads": threads,
+    }
+    atomic_write_text(out / "train.json", json.dumps(info) + "\n")
+    log(f"done final_loss {info['final_loss']} seconds {info['seconds']}")
+    logf.close()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sigrl.world.ship", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=None, help="stop after this many steps (same schedule)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="ShipSpec field")
+    args = ap.parse_args(argv)
+    fields_ = {f.name: f.type for f in fields(ShipSpec)}
+    over = {}
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        if k not in fields_:
+            raise SystemExit(f"unknown field {k}")
+        over[k] = v if k == "arch" else (float(v) if "." in v or "e" in v else int(v))
+    train_world_model(args.out, ShipSpec(**over), max_steps=args.steps, threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
