@@ -44,7 +44,9 @@ SPML = {
     "an+ct": ["loss.name=an", "loss.transport_weight=0.1"],
     "vlpl+ct": ["loss.name=vlpl", "loss.transport_weight=0.1"],
 }
-PARTIAL = {"bce": ["loss.name=full"], "sst": ["loss.name=sst"], "clsl": ["loss.name=clsl"],
+PARTIAL = {"bce": ["loss.name=full"],
+           "sst": ["loss.name=sst", "loss.options.hidden_dim=64", "loss.options.out_dim=64"],  # pair branch narrowed
+           "clsl": ["loss.name=clsl"],
            "sst_counted": ["loss.name=full", "method.name=sst_counted"],
            "clsl_threshold": ["loss.name=full", "method.name=clsl_threshold"],
            "bce+ct": ["loss.name=full", "loss.transport_weight=0.1"]}

@@ -200,9 +200,11 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
             key = f"{'bce' if method == 'none' else method}@{round(100 * p)}%"
             budget = [] if quick else BUDGET["spml"]
             run_dir = out / "runs" / ("partial_" + key.replace("@", "_").rstrip("%"))
-            loss = "full" if method == "none" else method  # sst: the reference's per-step loss
+            # sst: the reference's per-step loss, its pair branch narrowed to 64 (1128 label pairs on CPU)
+            loss = ["loss.name=full"] if method == "none" else [
+                "loss.name=sst", "loss.options.hidden_dim=64", "loss.options.out_dim=64"]
             res = _train("world_spml_an.yaml", common + budget + ["data.observed=partial", f"data.proportion={p}",
-                                                                f"loss.name={loss}", f"output={run_dir}"], progress)
+                                                                *loss, f"output={run_dir}"], progress)
             partial[key] = {"map": _test_map(res), "run": str(run_dir)}
     results["partial"] = partial
     results["seconds"] = time.time() - t0
