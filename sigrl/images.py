@@ -116,7 +116,11 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     seen: set[Path] = set()
 
     def add(p: Path):
-        key = p.resolve() if p.exists() else p
+        try:  # the same file reached twice (symlink, ./x and x): one stat, cheaper than resolve()
+            st = p.stat()
+            key = (st.st_dev, st.st_ino)
+        except OSError:
+            key = p
         if key not in seen:
             seen.add(key)
             out.append(p)

@@ -342,7 +342,7 @@ class Tagger:
         if skip:
             paths = [p for p in paths if not skip(str(p))]
         k = len(self.labels) if not top_k else max(0, min(top_k, len(self.labels)))
-        cut = self.label_thresholds(threshold, thresholds)
+        cut = self.label_thresholds(threshold, thresholds).tolist()
         for path, scores, err in self.iter_scores(paths, progress):
             if scores is None:
                 yield TagResult(str(path), error=err, scores=self.kind)

@@ -46,7 +46,7 @@ def test_cached_scores_match_live_tagging(shapes_dataset, tiny_backbone, tmp_pat
     part = split_part(ds.test, tiny_backbone, tmp_path / "cache", unseen=ds.unseen, progress=False)
     (scores,) = score_part(scorer, part, [part.labels])
     scores = scores.numpy()
-    tagger = Tagger(ds.test.labels, backbone=tiny_backbone, prompts="photo")
+    tagger = Tagger(ds.test.labels, backbone=tiny_backbone, prompts="photo", scores="softmax")
     live = np.stack([s.numpy() for _, s, _ in tagger.iter_scores([ds.test.path(i) for i in range(len(ds.test))])])
     assert scores.shape == live.shape == (9, 6)
     np.testing.assert_allclose(scores, live, atol=2e-3)  # cache stores fp16 features

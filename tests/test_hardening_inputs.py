@@ -115,7 +115,7 @@ def test_tag_odd_but_valid_images_are_all_tagged(tiny_clip_files, tmp_path, caps
     assert set(results) == {p.name for p in files.values()}
     for r in results.values():
         scores = [t["score"] for t in r["tags"]]
-        assert len(scores) == 3 and abs(sum(scores) - 1) < 1e-4
+        assert len(scores) == 3 and all(0 <= s <= 1 for s in scores) and r["scores"] == "independent"
     assert "skipped" not in err and "Traceback" not in err
 
 
@@ -202,7 +202,7 @@ def test_tag_bad_files_are_named_and_the_rest_tagged(tiny_clip_files, tmp_path, 
     code, out, err = tag(tiny_clip_files, capsys, str(good), *(p for p, _ in bad.values()),
                          str(tmp_path / "bad" / "ok.png"), "--labels", "a,b", "--format", "csv")
     assert code == 1
-    assert {Path(r["image"]).name for r in csv_rows(out)} == {"fine.png", "ok.png"}
+    assert {Path(r["image"]).name for r in csv_rows(out) if not r["error"]} == {"fine.png", "ok.png"}
     lines = [l for l in err.splitlines() if "skipped" in l and ": " in l and "input(s)" not in l]
     for kind, (path, words) in bad.items():
         hits = [l for l in lines if path in l]
