@@ -131,7 +131,9 @@ def build_model(cfg: Config, exp) -> TrainModule:
                          generator=generator)
     head = build_head(cfg, exp)  # before the loss: both may draw from the global RNG, in this order
     loss = make_loss(cfg.loss.name, num_images=len(exp.train), num_classes=len(exp.train.labels),
-                     num_epochs=cfg.train.epochs, embed_dim=exp.backbone.embed_dim, **cfg.loss.options)
+                     num_epochs=cfg.train.epochs, embed_dim=exp.backbone.embed_dim,
+                     # batches per epoch of the trainer's loader (drop_last when there is a full batch)
+                     steps_per_epoch=max(1, len(exp.train) // cfg.train.batch_size), **cfg.loss.options)
     transport = ConditionalTransportLoss(tau=cfg.loss.transport_tau) if cfg.loss.transport_weight > 0 else None
     finetune = FinetuneSpec.from_dict(cfg.backbone.finetune)
     visual = FinetunedTail(exp.backbone, finetune) if finetune.enabled else None

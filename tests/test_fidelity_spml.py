@@ -360,3 +360,20 @@ def test_partial_mask_is_the_sst_protocols(p, seed):
     got = obs.partial(labels, p, seed=seed, mode="sst")
     assert got.dtype == np.int8 and np.array_equal(got, want)
     assert np.array_equal(obs.make_observed(labels, "partial_sst", seed, p), want)
+
+
+def test_sst_warm_up_ramp_in_the_first_epoch():
+    """SST.py: in epoch 0 the co-occurrence and distance losses are scaled by
+    batchIndex / len(train_loader) (0-based batch index); from epoch 1 on, fully."""
+    C, D = 4, 5
+    loss = _sst(C, D, steps_per_epoch=4)
+    torch.manual_seed(2)
+    z, F = torch.randn(3, C), torch.randn(3, C, D)
+    obs = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=torch.float32)
+    bce, aux = _bce_known_loop(z, obs), 10.0 * _asl_pairs_loop(_cooc_loop(loss, F), obs) + 0.05 * _distance_loop(F, obs)
+    for step in range(4):
+        value = loss(z, obs, epoch=0, extras={"label_feats": F})
+        assert float(value) == pytest.approx(float(bce + step / 4 * aux), rel=1e-5)
+    assert float(loss(z, obs, epoch=1, extras={"label_feats": F})) == pytest.approx(float(bce + aux), rel=1e-5)
+    off = _sst(C, D, steps_per_epoch=4, ramp=False)
+    assert float(off(z, obs, epoch=0, extras={"label_feats": F})) == pytest.approx(float(bce + aux), rel=1e-5)

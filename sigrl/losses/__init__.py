@@ -50,7 +50,7 @@ def __getattr__(name):  # the loss classes, imported on first use (sigrl.losses.
 
 
 # Facts about the run a trainer knows; passed to a loss only if its constructor takes them.
-CONTEXT_KEYS: tuple[str, ...] = ("num_images", "num_classes", "num_epochs", "embed_dim")
+CONTEXT_KEYS: tuple[str, ...] = ("num_images", "num_classes", "num_epochs", "embed_dim", "steps_per_epoch")
 
 
 def build_loss(name: str, **options) -> nn.Module:

@@ -240,14 +240,17 @@ class SSTLoss(torch.nn.Module):
                both -1 -> 1 + d; when there are n+ > 0 positive pairs, the other two
                kinds are each cut to a random min(n, 2 n+) of them plus their n+ largest;
                the mean of everything kept.
-    ``ramp_steps``: in epoch 0 the co-occurrence and distance terms are multiplied by
-    step / ramp_steps (the reference ramps by batch index / batches per epoch); None = no ramp.
+    Warm-up: in epoch 0 the co-occurrence and distance terms are multiplied by
+    step / ramp_steps, step the 0-based batch index (the reference: batch index / batches
+    per epoch). ``ramp_steps`` defaults to ``steps_per_epoch``, which the trainer passes
+    (batches per epoch); with neither, no ramp; ``ramp=False`` switches it off.
 
     Hyper-parameters (reference defaults): num_classes, embed_dim (context);
     generate_label_epoch=5, intra_margin=0.95, inter_margin=0.95, margin_step=0.025,
     margin_floor=0.75, intra_bce_weight=1.0, inter_bce_weight=1.0, cooc_weight=10.0,
     distance_weight=0.05, num_exemplars=100, hidden_dim=512, out_dim=1024,
-    gamma_neg=2.0, gamma_pos=1.0, clip=0.05, ramp_steps=None; num_images (context, for the
+    gamma_neg=2.0, gamma_pos=1.0, clip=0.05, ramp=True, ramp_steps=None (steps_per_epoch,
+    context); num_images (context, for the
     ``recovered`` buffer: the latest pseudo positives of every image, for inspection).
     """
 
@@ -260,7 +263,7 @@ class SSTLoss(torch.nn.Module):
                  inter_bce_weight: float = 1.0, cooc_weight: float = 10.0, distance_weight: float = 0.05,
                  num_exemplars: int = 100, hidden_dim: int = 512, out_dim: int = 1024,
                  gamma_neg: float = 2.0, gamma_pos: float = 1.0, clip: float = 0.05,
-                 ramp_steps: int | None = None):
+                 ramp: bool = True, ramp_steps: int | None = None, steps_per_epoch: int | None = None):
         super().__init__()
         c, d = int(num_classes), int(embed_dim)
         if c < 2 or d < 1:
@@ -286,7 +289,9 @@ class SSTLoss(torch.nn.Module):
         self.intra_bce_weight, self.inter_bce_weight = float(intra_bce_weight), float(inter_bce_weight)
         self.cooc_weight, self.distance_weight = float(cooc_weight), float(distance_weight)
         self.gamma_neg, self.gamma_pos, self.clip = float(gamma_neg), float(gamma_pos), float(clip)
-        self.ramp_steps = None if ramp_steps is None else int(ramp_steps)
+        if ramp_steps is None and steps_per_epoch is not None:
+            ramp_steps = max(1, int(steps_per_epoch))
+        self.ramp_steps = None if (ramp_steps is None or not ramp) else int(ramp_steps)
         pairs = c * (c - 1) // 2
         self.intra_fc_1 = torch.nn.Linear(d, int(hidden_dim))
         self.intra_fc_2 = torch.nn.Linear(2 * int(hidden_dim), int(out_dim))
