@@ -173,3 +173,21 @@ def test_vlpl_label_only_text_and_own_backbone(own_backbone, tmp_path, data, tin
     # the rule is not the prompt-averaged one of text=prompts
     prompted = torch.nn.functional.normalize(embed_labels(scorer, labels, "photo").float(), dim=-1)
     assert not torch.allclose(text, prompted, atol=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["sst", "clsl"])
+def test_per_step_losses_resume_like_an_uninterrupted_run(loss, tmp_path, data, tiny_clip_files):
+    """Their learnt parts and buffers (co-occurrence branch, exemplar memory, soft labels)
+    are training state: stop after one epoch + --resume gives the uninterrupted run."""
+    from sigrl.train import train
+
+    extra = ["data.observed=partial_sst", "data.proportion=0.5", f"loss.name={loss}"]
+    if loss == "sst":
+        extra += ["loss.options.generate_label_epoch=1", "loss.options.hidden_dim=8", "loss.options.out_dim=8",
+                  "loss.options.num_exemplars=4", "loss.options.inter_margin=0.85"]
+    full = train(shipped("voc", tmp_path / "a", data, tiny_clip_files, *extra), progress=False)
+    cfg = shipped("voc", tmp_path / "b", data, tiny_clip_files, *extra)
+    train(cfg, stop_after=1, progress=False)
+    again = train(cfg, resume=True, progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in h]  # noqa: E731
+    assert strip(again.history) == strip(full.history)
