@@ -18,9 +18,9 @@ Rows:
 
 Each trained row: `sigrl train` with ``train.seed = data.seed = s``; the best epoch by
 val/zsl/mAP (val/mAP for spml/partial) is scored on test (what `sigrl eval RUN` prints).
-The learning rates and epochs of the configs were chosen from seed-0 runs on the
-validation split; seeds 1 and 2 were never used for choosing anything (the table
-gives their mean separately).
+The learning rates, epochs and DualCoOp's two scales were chosen from seed-0 runs on the
+validation split (configs/world_dualcoop.yaml says which); seeds 1 and 2 were never used
+for choosing anything (the table gives their mean separately).
 
 Writes ``--out``/bench_prompts.json and .md. The world's numbers are a functional and
 comparative testbed, not a claim about real data.
