@@ -101,6 +101,9 @@ class FeatureStore:
         self.torn: list[str] = []
         self.written = 0
         self._scan()
+        self._names_path = self.root / "names.json"
+        self._names = self._read_names()
+        self._names_changed = False
 
     # ------------------------------------------------------------------ backbone identity
     def _check_backbone(self, backbone, check_probe: bool) -> None:
@@ -130,6 +133,35 @@ class FeatureStore:
                 "patches": self.patches, "probe_global": [round(float(x), 6) for x in g],
                 "probe_local_mean": [round(float(x), 6) for x in l.mean(0)]}
         atomic_write_text(info_path, json.dumps(info) + "\n")
+
+    # ------------------------------------------------------------------ content keys
+    def _read_names(self) -> dict:
+        try:
+            names = json.loads(self._names_path.read_text(encoding="utf-8"))
+            return names if isinstance(names, dict) else {}
+        except (OSError, ValueError):
+            return {}  # absent or unreadable: keys are computed from the bytes again
+
+    def key_of(self, path: str | os.PathLike) -> str | None:
+        """The content key of a file (None when it cannot be read). The SHA-256 of a
+        file seen before with the same size, mtime and inode is taken from
+        ``DIR/names.json`` (as git does) instead of reading the bytes again."""
+        try:
+            st = os.stat(path)
+            name = os.path.abspath(path)
+        except (OSError, ValueError):
+            return None
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        seen = self._names.get(name)
+        if seen and seen[:3] == stamp:
+            return seen[3]
+        try:
+            key = content_key(path)
+        except OSError:
+            return None
+        self._names[name] = stamp + [key]
+        self._names_changed = True
+        return key
 
     # ------------------------------------------------------------------------ shards
     def _scan(self) -> None:
@@ -190,6 +222,10 @@ class FeatureStore:
             return None
         return shard["global"][where[1]], shard["local"][where[1]]
 
+    def get_many(self, keys: list[str]) -> list:
+        """:meth:`get` of many keys, reading each shard once."""
+        return [self.get(k) for k in keys]
+
     def put(self, key: str, global_feat, local_feat) -> None:
         g = np.asarray(global_feat, dtype=np.float16)
         l = np.asarray(local_feat, dtype=np.float16)
@@ -203,7 +239,12 @@ class FeatureStore:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered features as one new shard (atomically)."""
+        """Write the buffered features as one new shard (atomically), and the content
+        keys of the files seen."""
+        if self._names_changed:
+            names = {**self._read_names(), **self._names}  # another process's entries kept
+            atomic_write_text(self._names_path, json.dumps(names))
+            self._names, self._names_changed = names, False
         if not self._pending:
             return
         keys = np.array(list(self._pending), dtype="U32")

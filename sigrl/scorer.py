@@ -117,7 +117,9 @@ class Scorer(nn.Module):
                 if mode != "local":
                     parts.append(global_scores(Fn.normalize(global_feats.float(), dim=-1), T))
                 if mode != "global":
-                    parts.append(local_scores(Fn.normalize(local_feats.float(), dim=-1), T, k))
+                    L = Fn.normalize(local_feats.float(), dim=-1)
+                    # top-k of all P patches is their mean: one (B, D) x (D, C) product
+                    parts.append(L.mean(dim=1) @ T.t() if k >= L.shape[1] else local_scores(L, T, k))
                 return parts
 
             parts = cosines(labels)

@@ -76,32 +76,21 @@ class TagResult:
 
 
 class _ImageFiles(Dataset):
-    """(i, pixels or None, error or None, content key or None); a file whose key is in
-    ``known`` is not decoded (its features are stored)."""
+    """(i, pixels or None, error or None): one image read, decoded and preprocessed."""
 
-    def __init__(self, paths: list[Path], preprocess, known: frozenset | None = None):
-        self.paths, self.preprocess, self.known = paths, preprocess, known
+    def __init__(self, paths: list[Path], preprocess):
+        self.paths, self.preprocess = paths, preprocess
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i):
-        key = None
-        if self.known is not None:
-            from .feature_store import content_key
-
-            try:
-                key = content_key(self.paths[i])
-            except OSError:
-                key = None  # load_image names the reason
-            if key is not None and key in self.known:
-                return i, None, None, key
         try:
-            return i, self.preprocess(load_image(self.paths[i])), None, key
+            return i, self.preprocess(load_image(self.paths[i])), None
         except ImageError as err:
-            return i, None, str(err), key
+            return i, None, str(err)
         except Exception as err:  # a transform failing on an odd but decodable image
-            return i, None, f"cannot preprocess: {type(err).__name__}: {err}", key
+            return i, None, f"cannot preprocess: {type(err).__name__}: {err}"
 
 
 def _collate(items):
@@ -208,7 +197,8 @@ class Tagger:
         if self.calibration is not None:
             a, b = self.calibration.maps(self.labels)
         else:
-            a0, b0 = default_map(self.backbone, self.head is not None)
+            # a head's logit, or a learner scoring each label on its own as a logit (dualcoop: sigmoid = its probability)
+            a0, b0 = default_map(self.backbone, self.head is not None or self.scorer.text.independent_scores)
             a, b = np.full(len(self.labels), a0), np.full(len(self.labels), b0)
         self._a = torch.tensor(a, dtype=torch.float64)
         self._b = torch.tensor(b, dtype=torch.float64)
@@ -250,60 +240,92 @@ class Tagger:
 
     def iter_features(self, paths: list[Path], progress: bool = False, desc: str = "tagging"
                       ) -> Iterator[tuple[list[tuple[Path, str | None]], torch.Tensor | None, torch.Tensor | None, list[int]]]:
-        """Per batch: ``(items, global (n, D), local (n, P, D), good)`` where ``items`` is
-        ``[(path, error or None)]`` in input order and ``good`` indexes the items the
-        features belong to (the store's features, as fp16 values, when there is one)."""
+        """Per block of images: ``(items, global (n, D), local (n, P, D), good)`` where
+        ``items`` is ``[(path, error or None)]`` in input order and ``good`` indexes the
+        items the features belong to (the store's fp16 values when there is a store).
+
+        Without a store: DataLoader batches (decoding in ``num_workers`` workers). With
+        one: each file's content key first (:meth:`FeatureStore.key_of`); only the files
+        the store lacks go through the DataLoader and the encoder; stored ones are read in
+        blocks of up to 256 without decoding."""
         from tqdm.auto import tqdm
 
-        store = self.store
-        known = frozenset(store.keys()) if store is not None else None
-        loader = DataLoader(_ImageFiles(paths, self.backbone.preprocess, known), batch_size=self.batch_size,
-                            num_workers=self.num_workers, collate_fn=_collate)
         bar = tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
                    smoothing=0.1)
         device = self.backbone.device
-        for batch in loader:
-            errors: dict[int, str | None] = {}
-            feats: dict[int, tuple] = {}
-            to_encode = []
-            for i, x, err, key in batch:
-                errors[i] = err
-                if err is not None:
-                    continue
-                if x is None:  # stored features
-                    got = store.get(key)
-                    if got is not None:
-                        feats[i] = (torch.from_numpy(np.asarray(got[0]).astype(np.float32)),
-                                    torch.from_numpy(np.asarray(got[1]).astype(np.float32)))
-                        continue
-                    try:  # its shard was torn since: decode here
-                        x = self.backbone.preprocess(load_image(paths[i]))
-                    except ImageError as e:
-                        errors[i] = str(e)
-                        continue
-                to_encode.append((i, x, key))
-            if to_encode:
-                pixels = torch.stack([x for _, x, _ in to_encode]).to(device)
-                g, l = self.backbone.encode_images(pixels)
-                g, l = g.float(), l.float()
-                if store is not None:  # score the stored (fp16) values: re-runs give the same scores
-                    g, l = g.half().float(), l.half().float()
-                for n, (i, _, key) in enumerate(to_encode):
-                    feats[i] = (g[n], l[n])
-                    if store is not None and key is not None:
-                        store.put(key, g[n].cpu().numpy(), l[n].cpu().numpy())
-            items = [(paths[i], errors[i]) for i, *_ in batch]
-            good = [n for n, (i, *_) in enumerate(batch) if i in feats]
-            if good:
-                G = torch.stack([feats[batch[n][0]][0].to(device) for n in good])
-                L = torch.stack([feats[batch[n][0]][1].to(device) for n in good])
-            else:
+        store = self.store
+        if store is None:
+            loader = DataLoader(_ImageFiles(paths, self.backbone.preprocess), batch_size=self.batch_size,
+                                num_workers=self.num_workers, collate_fn=_collate)
+            for batch in loader:
+                items = [(paths[i], err) for i, _, err in batch]
+                good = [n for n, (_, x, _) in enumerate(batch) if x is not None]
                 G = L = None
+                if good:
+                    G, L = self.backbone.encode_images(torch.stack([batch[n][1] for n in good]).to(device))
+                    G, L = G.float(), L.float()
+                yield items, G, L, good
+                bar.update(len(batch))
+            bar.close()
+            return
+        keys = [store.key_of(p) for p in paths]
+        missing = [i for i, k in enumerate(keys) if k is None or k not in store]
+        misses = iter(DataLoader(_ImageFiles([paths[i] for i in missing], self.backbone.preprocess),
+                                 batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=_collate))
+        decoded: dict[int, tuple] = {}  # input index -> (pixels or None, error or None)
+        is_missing = set(missing)
+        start = 0
+        while start < len(paths):
+            # a block: up to batch_size images to encode, or up to 256 stored ones
+            stop, n_miss = start, 0
+            while stop < len(paths) and stop - start < 256 and n_miss < self.batch_size:
+                n_miss += stop in is_missing
+                stop += 1
+            block = range(start, stop)
+            need = [i for i in block if i in is_missing]
+            while need and need[-1] not in decoded:  # the misses come in input order
+                for j, x, err in next(misses):
+                    decoded[missing[j]] = (x, err)
+            errors = {i: None for i in block}
+            feats: dict[int, tuple] = {}
+            stored = [i for i in block if i not in is_missing]
+            if stored:
+                got = store.get_many([keys[i] for i in stored])
+                for i, f in zip(stored, got):
+                    if f is None:  # its shard was torn since the keys were read: decode here
+                        try:
+                            decoded[i] = (self.backbone.preprocess(load_image(paths[i])), None)
+                        except ImageError as e:
+                            decoded[i] = (None, str(e))
+                        need.append(i)
+                    else:
+                        feats[i] = f
+            to_encode = []
+            for i in sorted(need):
+                x, err = decoded.pop(i)
+                if x is None:
+                    errors[i] = err
+                else:
+                    to_encode.append((i, x))
+            if to_encode:
+                g, l = self.backbone.encode_images(torch.stack([x for _, x in to_encode]).to(device))
+                # score the stored (fp16) values: first runs and re-runs give the same scores
+                g, l = g.half().cpu(), l.half().cpu()
+                for n, (i, _) in enumerate(to_encode):
+                    feats[i] = (g[n].numpy(), l[n].numpy())
+                    if keys[i] is not None:
+                        store.put(keys[i], feats[i][0], feats[i][1])
+            items = [(paths[i], errors[i]) for i in block]
+            good = [n for n, i in enumerate(block) if i in feats]
+            G = L = None
+            if good:
+                G = torch.from_numpy(np.stack([feats[block[n]][0] for n in good])).float().to(device)
+                L = torch.from_numpy(np.stack([feats[block[n]][1] for n in good])).float().to(device)
             yield items, G, L, good
-            bar.update(len(batch))
+            bar.update(len(block))
+            start = stop
         bar.close()
-        if store is not None:
-            store.flush()
+        store.flush()
 
     def iter_scores(self, paths: list[Path], progress: bool = False, raw: bool = False
                     ) -> Iterator[tuple[Path, torch.Tensor | None, str | None]]:
@@ -343,17 +365,23 @@ class Tagger:
             paths = [p for p in paths if not skip(str(p))]
         k = len(self.labels) if not top_k else max(0, min(top_k, len(self.labels)))
         cut = self.label_thresholds(threshold, thresholds).tolist()
-        for path, scores, err in self.iter_scores(paths, progress):
-            if scores is None:
-                yield TagResult(str(path), error=err, scores=self.kind)
-                continue
-            if not torch.isfinite(scores).all():
-                yield TagResult(str(path), error="the model gives NaN/inf scores for this image", scores=self.kind)
-                continue
-            values, index = scores.sort(descending=True, stable=True)
-            tags = [(self.labels[j], float(v)) for v, j in zip(values[:k].tolist(), index[:k].tolist())
-                    if v >= cut[j]]
-            yield TagResult(str(path), tags, scores=self.kind)
+        labels = self.labels
+        for items, G, L, good in self.iter_features(paths, progress):
+            rows = {}
+            if good:  # one sort per block, not per image
+                S = self.score_features(G, L)
+                finite = torch.isfinite(S).all(dim=1).tolist()
+                values, index = S.sort(dim=1, descending=True, stable=True)
+                rows = dict(zip(good, zip(finite, values[:, :k].tolist(), index[:, :k].tolist())))
+            for n, (path, err) in enumerate(items):
+                if n not in rows:
+                    yield TagResult(str(path), error=err, scores=self.kind)
+                    continue
+                finite, vs, js = rows[n]
+                if not finite:
+                    yield TagResult(str(path), error="the model gives NaN/inf scores for this image", scores=self.kind)
+                    continue
+                yield TagResult(str(path), [(labels[j], v) for v, j in zip(vs, js) if v >= cut[j]], scores=self.kind)
 
     def tag(self, inputs, **kwargs) -> list[TagResult]:
         """List form of :meth:`iter_tags`."""
