@@ -322,3 +322,28 @@ def test_dualcoop_with_a_head_accumulates_gradients_without_a_step(tiny_backbone
     with torch.no_grad():
         want = head(g, l, learner(SEEN), label_names=SEEN) + learner.score(g, l, SEEN)
         assert torch.allclose(model(g, l, SEEN), want, atol=1e-5)
+
+
+def test_tagger_serves_a_dualcoop_run_for_any_names(tmp_path, tiny_backbone, image_dir):
+    """`sigrl tag --checkpoint RUN` / Tagger: each label's tag score is DualCoOp's own
+    probability sigmoid(z+ - z-), the same with or without other labels."""
+    from sigrl.checkpoint import save_run
+    from sigrl.tagging import Tagger
+
+    learner = _learner("dualcoop", tiny_backbone, negative_init="random")
+    run = save_run(tmp_path / "run", head=None, backbone=tiny_backbone, prompts=learner.prompts, labels=SEEN,
+                   learner=learner)
+    few = {r.image: dict(r.tags) for r in Tagger(UNSEEN[:1], checkpoint=run, backbone=tiny_backbone).tag(
+        [str(image_dir)], top_k=None)}
+    many = {r.image: dict(r.tags) for r in Tagger(UNSEEN + SEEN, checkpoint=run, backbone=tiny_backbone).tag(
+        [str(image_dir)], top_k=None)}
+    assert few and few.keys() == many.keys()
+    for image, tags in few.items():
+        assert 0 < tags[UNSEEN[0]] < 1 and abs(tags[UNSEEN[0]] - many[image][UNSEEN[0]]) < 1e-6
+    from sigrl.images import load_image
+
+    image = sorted(few)[0]
+    g, l = tiny_backbone.encode_images(tiny_backbone.preprocess(load_image(image)).unsqueeze(0))
+    with torch.no_grad():
+        want = torch.sigmoid(learner.score(g, l, UNSEEN[:1]))[0, 0].item()
+    assert abs(few[image][UNSEEN[0]] - want) < 1e-5
