@@ -13,7 +13,7 @@ import sys
 from ..errors import SigrlError
 
 
-from ..registry import HEADS, LOSSES, RECOVERIES  # names only: no torch import for --help
+from ..registry import HEADS, LOSSES, PROMPT_LEARNERS, RECOVERIES  # names only: no torch import for --help
 
 
 def register(sub, verb: str, help_text: str) -> None:
@@ -32,10 +32,14 @@ def register(sub, verb: str, help_text: str) -> None:
                "  sigrl train configs/world_spml_an.yaml --set loss.name=vlpl -o runs/vlpl\n"
                "  sigrl train configs/world_spml_an.yaml --set data.observed=partial --set data.proportion=0.1 "
                "--set loss.name=sst\n"
+               "  sigrl train configs/world_coop.yaml            # CoOp: the prompts alone (head.class none)\n"
+               "  sigrl train configs/world_dualcoop.yaml --set head.class=sigrl   # DualCoOp + the SigRL head\n"
                "  torchrun --nproc_per_node 2 -m sigrl train configs/world_zsl.yaml\n\n"
                f"heads (head.class): {' '.join(HEADS.names)}; losses (loss.name): {' '.join(LOSSES.names)}; "
                "+ loss.transport_weight=W adds the conditional-transport loss; "
-               f"label recovery (method.name): {' '.join(RECOVERIES.names)}")
+               f"label recovery (method.name): {' '.join(RECOVERIES.names)}; "
+               f"prompt learners (prompts.learner): {' '.join(PROMPT_LEARNERS.names)}; head.class none trains the "
+               "prompts alone")
     p.add_argument("config", help="a run config (YAML), e.g. configs/world_zsl.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable; value parsed as YAML)")
