@@ -191,3 +191,39 @@ def test_per_step_losses_resume_like_an_uninterrupted_run(loss, tmp_path, data, 
     again = train(cfg, resume=True, progress=False)
     strip = lambda h: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in h]  # noqa: E731
     assert strip(again.history) == strip(full.history)
+
+
+@pytest.mark.skipif(__import__("shutil").which("torchrun") is None
+                    and not (Path(__import__("sys").executable).with_name("torchrun")).is_file(),
+                    reason="torchrun is not installed")
+def test_sst_memory_holds_the_whole_batch_with_two_processes(tmp_path, data, tiny_clip_files):
+    """Each process sees half of a batch; the exemplar memory gathers both halves (rank
+    order = the batch's order), so the 2-process memory fills like the 1-process one and
+    is the same on every rank (the recovered labels cover every image)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sigrl.train import train
+
+    extra = ["data.observed=partial_sst", "data.proportion=0.5", "loss.name=sst", "loss.options.hidden_dim=8",
+             "loss.options.out_dim=8", "loss.options.num_exemplars=40", "train.batch_size=4",
+             "loss.options.generate_label_epoch=1", "loss.options.inter_margin=0.85"]
+    one = shipped("voc", tmp_path / "one", data, tiny_clip_files, *extra)
+    train(one, progress=False)
+    from sigrl.config import config_to_dict
+
+    y = tmp_path / "two.yaml"
+    d = config_to_dict(shipped("voc", tmp_path / "two", data, tiny_clip_files, *extra))
+    y.write_text(json.dumps(d))
+    exe = Path(sys.executable).with_name("torchrun")
+    runner = str(exe) if exe.is_file() else "torchrun"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([runner, "--standalone", "--nproc_per_node", "2", "-m", "sigrl", "train", str(y), "-q"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1 = _state(Path(one.output))["loss.memory"]
+    m2 = _state(Path(d["output"]))["loss.memory"]
+    filled = lambda m: (m.abs().sum(-1) > 0).sum(1)  # noqa: E731  (slots in use per class)
+    assert torch.equal(filled(m1), filled(m2)) and int(filled(m1).sum()) > 0

@@ -239,7 +239,10 @@ class CLSLLoss(torch.nn.Module):
         loss = main + self.aux_weight * self.scale * aux.mean()
         unknown = ~known
         if self.training and self.filled is not None and index is not None:
-            rows = torch.as_tensor(index, device=self.filled.device).long()
-            self.filled[rows] = torch.where(unknown, target, torch.full_like(target, float("nan"))).to(self.filled)
+            from sigrl.methods.sst import gather_rows  # every process keeps every image's soft labels
+
+            rows = gather_rows(torch.as_tensor(index, device=logits.device).long()).to(self.filled.device)
+            soft = torch.where(unknown, target, torch.full_like(target, float("nan")))
+            self.filled[rows] = gather_rows(soft).to(self.filled)
         self.stats = {"filled_over_half": int((unknown & (target > 0.5)).sum()), "unknown": int(unknown.sum())}
         return loss

@@ -173,6 +173,24 @@ def _pair_index(num_classes: int) -> tuple[Tensor, Tensor]:
     return i, j
 
 
+def gather_rows(t: Tensor) -> Tensor:
+    """The rows of every process, in rank order (the global batch under Accelerate's
+    split_batches); ``t`` itself with one process. Every process must pass the same shape."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    device, dtype = t.device, t.dtype
+    t = t.detach().contiguous()
+    if dtype == torch.bool:  # not every backend gathers bool
+        t = t.to(torch.uint8)
+    if dist.get_backend() == "nccl" and not t.is_cuda:
+        t = t.cuda()
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return torch.cat(out).to(device=device, dtype=dtype)
+
+
 def _known_bce(logits: Tensor, target: Tensor, margin: float = 0.0) -> Tensor:
     """BCE over the entries with target > margin (as positives) or target < -margin (as
     negatives), averaged over those entries; 0 when there are none."""
@@ -324,8 +342,11 @@ class SSTLoss(torch.nn.Module):
 
     @torch.no_grad()
     def update_memory(self, feats: Tensor, observed: Tensor) -> None:
-        """Put the batch's positive class features in front of each class's memory."""
-        feats = feats.detach().to(self.memory.dtype)
+        """Put the batch's positive class features in front of each class's memory (with
+        several processes: the whole batch's, gathered in rank order, so every process
+        keeps the memory one process would)."""
+        feats = gather_rows(feats.detach()).to(self.memory.device, self.memory.dtype)
+        observed = gather_rows(observed).to(self.memory.device)
         k = self.memory.shape[1]
         for c in range(self.num_classes):
             new = feats[observed[:, c] > 0, c]
@@ -417,7 +438,8 @@ class SSTLoss(torch.nn.Module):
         if self.training:
             self.steps += 1
             if self.recovered is not None and index is not None:
-                self.recovered[torch.as_tensor(index, device=self.recovered.device).long()] = \
-                    (intra_new | inter_new).to(self.recovered.device)
+                rows = gather_rows(torch.as_tensor(index, device=logits.device).long())
+                self.recovered[rows.to(self.recovered.device)] = \
+                    gather_rows(intra_new | inter_new).to(self.recovered.device)
         self.stats = {"intra": int(intra_new.sum()), "inter": int(inter_new.sum())}
         return loss
