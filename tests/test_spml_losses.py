@@ -297,8 +297,8 @@ def test_input_errors_are_named():
     for name, loss in (("role", role), ("em_apl", apl)):
         with pytest.raises(ValueError, match=rf"^{name}: built for 3 classes, got logits with 5"):
             loss(torch.zeros(2, 5), torch.zeros(2, 5), index=torch.arange(2))
-        with pytest.raises(ValueError, match=rf"^{name}: index has 2 entries for a batch of 3"):
-            loss(torch.zeros(3, 3), torch.zeros(3, 3), index=torch.arange(2))
+        with pytest.raises(ValueError, match=rf"^{name}: index has 2 entries for a batch of 1"):
+            loss(torch.zeros(1, 3), torch.zeros(1, 3), index=torch.arange(2))
         for bad in ([0, 4], [4], [-1, 0]):
             with pytest.raises(ValueError, match=rf"^{name}: index out of range \[0, 4\)"):
                 loss(torch.zeros(len(bad), 3), torch.zeros(len(bad), 3), index=torch.tensor(bad))
@@ -366,8 +366,24 @@ def test_em_apl_round_uses_the_recorded_images_rows():
 
 def test_extra_repr_lists_the_hyper_parameters():
     assert "neg_weight=0.5" in repr(WeightedAssumeNegativeLoss(neg_weight=0.5))
-    r = repr(AsymmetricPseudoLabelLoss(num_images=2, num_classes=2, alpha=0.2, beta=0.3))
-    for part in ("alpha=0.2", "beta=0.3", "neg_proportion=0.9", "warmup_epochs=5", "num_epochs=10"):
-        assert part in r
-    assert ", " in r
+    apl = AsymmetricPseudoLabelLoss(num_images=2, num_classes=2, alpha=0.2, beta=0.3)
+    assert apl.extra_repr() == "alpha=0.2, beta=0.3, neg_proportion=0.9, warmup_epochs=5, num_epochs=10"
+    assert FullLabelLoss().extra_repr() == "" and "FullLabelLoss()" in repr(FullLabelLoss())  # no hparams
     assert "expected_num_pos=1.5" in repr(ExpectedPositiveRegularizationLoss(expected_num_pos=1.5))
+
+
+def test_role_estimator_optimiser_group():
+    role = OnlineLabelEstimationLoss(num_images=2, num_classes=3, expected_num_pos=1.0)
+    assert role.lr_mult == 10.0 and role.estimator_weight_decay == 0.0  # documented defaults
+    (group,) = role.param_groups(lr=1e-3, weight_decay=0.5)  # the head's weight decay is not used
+    assert group["params"] == [role.label_logits] and group["name"] == "role_estimator"
+    assert group["lr"] == pytest.approx(1e-2) and group["weight_decay"] == 0.0
+    tuned = OnlineLabelEstimationLoss(2, 3, 1.0, lr_mult=0.5, estimator_weight_decay=1e-4)
+    (group,) = tuned.param_groups(lr=2e-3)
+    assert group["lr"] == pytest.approx(1e-3) and group["weight_decay"] == 1e-4
+    torch.optim.Adam(tuned.param_groups(lr=1e-3))  # a valid torch param group
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match=r"^role: lr_mult must be a finite number > 0"):
+            OnlineLabelEstimationLoss(2, 3, 1.0, lr_mult=bad)
+    with pytest.raises(ConfigError, match=r"^role: estimator_weight_decay must be a finite number >= 0"):
+        OnlineLabelEstimationLoss(2, 3, 1.0, estimator_weight_decay=-1e-4)
