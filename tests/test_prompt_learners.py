@@ -299,7 +299,7 @@ def test_train_prompts_alone_then_eval_and_tag(micro, tmp_path):
     run = load_run(cfg.output)
     assert run.head is None and set(run.prompt_tensors) == {"prompt_context", "prompt_context_negative"}
     result = evaluate_run(cfg.output, progress=False, write=False)
-    best = res.best
+    best = res.best_metrics
     for key, value in result["metrics"].items():
         assert value == pytest.approx(best[f"test/{key}"], abs=1e-9), key
     assert json.loads((Path(cfg.output) / "run.json").read_text())["prompt_learner"]["name"] == "dualcoop"
