@@ -24,6 +24,7 @@ from .errors import SigrlError
 VERBS = [
     ("tag", "tag", "tag images with label names never trained on (zero-shot)"),
     ("calibrate", "calibrate", "fit tagging score maps and per-label thresholds from a labelled set"),
+    ("export", "export", "export the image and text towers for ONNX Runtime"),
     ("train", "train", "train a SigRL head (or a baseline) from a YAML run config"),
     ("eval", "evaluate", "evaluate a trained run on its test split"),
     ("bench", "bench", "paper-style benchmark tables: nuswide-zsl, spml, partial"),
