@@ -1,21 +1,26 @@
 """``sigrl demo``: every job of the toolkit, end to end, on the embedded world.
 
-1. the world (seeded synthetic images of coloured shapes, labels, captions) and the tiny
-   CLIP-like model pre-trained on its captions — both cached after the first run;
-2. zero-shot tags for a few test images, drawn as a PNG grid;
-3. zero-shot recognition of the unseen labels (ZSL) and of all labels (GZSL): random
-   scores, a colour oracle (perfect colour, no shape — DESIGN.md section 6), plain CLIP
-   local+global matching, a plain adapter head and the SigRL head trained on the seen
-   labels only (``configs/world_adapter_zsl.yaml``, ``configs/world_zsl.yaml``);
-4. single-positive training (one known label per image) with several losses against
-   full labels, and partial labels (a proportion of each image's labels known).
+One line per stage with its wall time:
+
+1. the world of ``--seed`` (seeded synthetic images of coloured shapes; cached) and the
+   world model shipped in the package (``--model world``; pre-trained once on its own
+   corpus, so ``--seed`` changes the labelled world and the seen/unseen split, never the
+   model; no pre-training here);
+2. the feature cache (every image encoded once) and linear probes for colour and shape on
+   the frozen global features (``results.json["probe"]``);
+3. zero-shot tags for a few test images, drawn as a PNG grid;
+4. zero-shot recognition of the unseen labels (ZSL, scored in their own pass) and of all
+   labels (GZSL): random scores, a colour oracle and a shape oracle (perfect on one
+   attribute, blind to the other — DESIGN.md section 6), plain CLIP matching (local +
+   global, global alone, local alone), a plain adapter head and the SigRL head trained on
+   the seen labels only (``configs/world_adapter_zsl.yaml``, ``configs/world_zsl.yaml``);
+5. single-positive training (one known label per image): full labels, AN and the best
+   methods (``--full``: every loss, plus partial labels with BCE, SST and CLSL).
 
 Everything is scored by :mod:`sigrl.scorer` and measured by :mod:`sigrl.evaluate`, as
-``sigrl eval`` measures it (zero-shot rows: :func:`sigrl.bench.evaluate_zero_shot` of the
-saved best head; SPML rows: the trainer's test metrics of the best epoch), and written
-to ``DIR/results.json``; every trained row names its ``"run"``.
-The world is a functional and comparative testbed: its numbers say which method helps
-on this world, not how any method does on real photos.
+``sigrl eval`` measures it, and written to ``DIR/results.json``; every trained row names
+its ``"run"``. The world is a functional and comparative testbed: its numbers say which
+method helps on this world, not how any method does on real photos.
 """
 from __future__ import annotations
 
@@ -45,26 +50,55 @@ CONFIGS = CONFIGS_DIR
 SPML_RUNS = [
     ("full", ["data.observed=full", "loss.name=full"]),
     ("an", []),
+    ("wan", ["loss.name=wan"]),
+    ("epr", ["loss.name=epr"]),
+    ("role", ["loss.name=role"]),
     ("em", ["loss.name=em"]),
     ("em_apl", ["loss.name=em_apl"]),
     ("ll_r", ["loss.name=ll_r"]),
     ("vlpl", ["loss.name=vlpl"]),
 ]
+DEFAULT_SPML = ("full", "an", "ll_r", "vlpl")  # the default demo: full, AN and the best methods
+QUICK_SPML = ("full", "an", "vlpl")
 PARTIAL_PROPORTIONS = (0.1, 0.5, 0.9)
-QUICK_SKIP = {"em", "ll_r"}  # --quick: a functional check, fewer rows
-# The demo must finish in about 10 minutes on 2 CPU cores, so it trains shorter than the
-# configs do (their full runs: `sigrl train configs/...`, `benchmarks/bench_spml.py`).
-# The SigRL head's reconstruction costs B*P*C*D^2 per step, so it gets a subset.
+# The default demo must finish in 2 minutes on 2 CPU cores, so it trains shorter than the
+# configs do (their full runs: `sigrl train configs/...`, `benchmarks/bench_world_seeds.py`).
 BUDGET = {
-    "sigrl": ["data.max_train_images=2000", "train.epochs=3"],
-    "adapter": ["train.epochs=5"],
-    # the entropy-maximising losses (EM, EM+APL, VLPL) need about 10 epochs (4 epochs: EM 26 vs AN 32 mAP)
-    "spml": ["head.class=adapter", "data.max_train_images=3000", "train.epochs=10"],
+    "sigrl": ["train.epochs=4"],
+    "adapter": ["train.epochs=4"],
+    "spml": ["head.class=adapter", "train.epochs=6"],
 }
+QUICK_BUDGET = {"sigrl": [], "adapter": [], "spml": ["head.class=adapter"]}
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class _Stages:
+    """One line per stage with its wall time (stderr), collected for results.json."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.n = 0
+
+    def __call__(self, name: str):
+        stages = self
+
+        class _Ctx:
+            def __enter__(self):
+                stages.n += 1
+                self.t = time.perf_counter()
+                _say(f"[{stages.n}] {name} ...")
+
+            def __exit__(self, *exc):
+                dt = time.perf_counter() - self.t
+                stages.times[name] = round(dt, 2)
+                if exc[0] is None:
+                    _say(f"[{stages.n}] {name}: {dt:.1f} s")
+                return False
+
+        return _Ctx()
 
 
 def _zs_entry(metrics: dict, run: str | None = None) -> dict:
@@ -79,14 +113,16 @@ def colour_oracle_scores(targets: np.ndarray, labels: list[str], rng: np.random.
     """An attribute oracle: label "red star" scores 1 when the image holds anything red
     (read from the true labels), else 0, plus a little noise to break ties. It knows
     colour perfectly and shape not at all."""
-    colours = [l.split()[0] for l in labels]
-    present = targets == 1
-    scores = np.zeros(targets.shape, dtype=np.float32)
-    for c in set(colours):
-        cols = [j for j, x in enumerate(colours) if x == c]
-        has = present[:, cols].any(axis=1)
-        scores[:, cols] = has[:, None]
-    return scores + 1e-3 * rng.random(scores.shape, dtype=np.float32)
+    from .world.probe import colour_oracle_scores as oracle
+
+    return oracle(targets, labels, rng)
+
+
+def shape_oracle_scores(targets: np.ndarray, labels: list[str], rng: np.random.Generator) -> np.ndarray:
+    """Label "red star" scores 1 when the image holds any star: shape perfectly, colour not at all."""
+    from .world.probe import shape_oracle_scores as oracle
+
+    return oracle(targets, labels, rng)
 
 
 def tag_grid(backbone, dataset, path: Path, n: int = 8, top_k: int = 3) -> Path:
@@ -109,7 +145,7 @@ def tag_grid(backbone, dataset, path: Path, n: int = 8, top_k: int = 3) -> Path:
         ax.set_title("\n".join(lines), fontsize=7, loc="left")
         ax.text(0, 1.0, "truth: " + ", ".join(sorted(truth)), transform=ax.transAxes, fontsize=6, va="top",
                 color="white", backgroundcolor=(0, 0, 0, 0.55), wrap=True)
-    fig.suptitle("zero-shot tags over all labels (CLIP local+global matching, tiny world model); ✓ correct, ✗ wrong",
+    fig.suptitle("zero-shot tags over all labels (CLIP local+global matching, shipped world model); ✓ correct, ✗ wrong",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -127,86 +163,122 @@ def _test_map(result) -> float:
 
 
 def _independent_rows(part, rng: np.random.Generator) -> dict:
-    """Random scores and the colour oracle: each label's score ignores the other labels,
-    so scoring the unseen labels on their own gives their columns of the full matrix."""
+    """Random scores and the attribute oracles: each label's score ignores the other
+    labels, so scoring the unseen labels on their own gives their columns of the full matrix."""
     targets = np.asarray(part.targets)
     cols = [part.labels.index(u) for u in part.unseen]
     rows = {}
     for name, scores in (("random", rng.random(targets.shape, dtype=np.float32)),
-                         ("colour_oracle", colour_oracle_scores(targets, part.labels, rng))):
+                         ("colour_oracle", colour_oracle_scores(targets, part.labels, rng)),
+                         ("shape_oracle", shape_oracle_scores(targets, part.labels, rng))):
         metrics = zero_shot_metrics(part, scores[:, cols], scores)
         rows[name] = {s: {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"test/{s}/")}
                       for s in ("zsl", "gzsl")}
     return rows
 
 
-def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = False, progress: bool = True) -> dict:
-    """Run the demo; returns (and writes) the results dict."""
+def _probe(dataset, backbone, cache_root: Path, progress: bool) -> dict:
+    """Linear probes for colour and shape on the frozen global features (train -> test)."""
+    from .experiment import part_global_features
+    from .world.probe import probe_figures
+
+    train = split_part(dataset.train, backbone, cache_root, progress=progress, name="train")
+    test = split_part(dataset.test, backbone, cache_root, unseen=dataset.unseen, progress=progress)
+    return probe_figures(part_global_features(train, backbone), np.asarray(train.targets),
+                         part_global_features(test, backbone), np.asarray(test.targets), list(train.labels),
+                         list(test.labels))
+
+
+def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = False, progress: bool = True,
+             full: bool = False) -> dict:
+    """Run the demo; returns (and writes) the results dict. ``quick``: a micro world and
+    2 epochs (a functional check); ``full``: every row (all SPML losses, partial labels,
+    SST, CLSL)."""
+    import torch
+
     t0 = time.time()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "runs").exists():  # the demo owns DIR/runs: every demo trains from scratch
         shutil.rmtree(out / "runs")
+    stage = _Stages()
     common = [f"data.world.seed={seed}", f"train.seed={seed}", f"data.seed={seed}", f"cache.dir={out / 'cache'}"]
     if quick:
-        common += ["data.world.quick=true", "backbone.pretrain.quick=true", "train.epochs=2"]
-    results: dict = {"seed": seed, "quick": quick,
+        common += ["data.world.quick=true", "train.epochs=2"]
+    budget = QUICK_BUDGET if quick else BUDGET
+    mode = "quick" if quick else ("full" if full else "default")
+    results: dict = {"seed": seed, "quick": quick, "mode": mode,
                      "note": "embedded synthetic world: a functional and comparative testbed, not a claim about real data"}
 
-    _say("[1/4] world and tiny vision-language model (cached after the first run)")
-    cfg = load_config(CONFIGS / "world_zsl.yaml", common + [f"output={out / 'runs' / 'sigrl_zsl'}"])
-    dataset, root = open_dataset(cfg)
-    backbone = build_backbone(cfg, root)
+    with stage("world (generated once, cached)"):
+        cfg = load_config(CONFIGS / "world_zsl.yaml", common + [f"output={out / 'runs' / 'sigrl_zsl'}"])
+        dataset, root = open_dataset(cfg)
+    with stage("shipped world model (no pre-training)"):
+        backbone = build_backbone(cfg, root)
     results["world"] = {"root": str(root), "seen_labels": len(dataset.seen), "unseen_labels": len(dataset.unseen),
-                        "train_images": len(dataset.train), "test_images": len(dataset.test)}
-
-    _say("[2/4] zero-shot tags for a few test images")
-    results["tag_grid"] = str(tag_grid(backbone, dataset, out / "tags.png"))
-
-    _say("[3/4] zero-shot: unseen labels (ZSL, scored on their own) and all labels (GZSL)")
+                        "train_images": len(dataset.train), "test_images": len(dataset.test),
+                        "model": backbone.spec.get("model") if hasattr(backbone, "spec") else None}
     cache_root = out / "cache"
-    part = split_part(dataset.test, backbone, cache_root, unseen=dataset.unseen, progress=progress)
-    rows = _independent_rows(part, np.random.default_rng(seed))
-    eval_batch = cfg.eval.batch_size
-    clip = Scorer.clip(backbone, load_prompts(cfg.prompts.name))
-    rows["clip"] = evaluate_zero_shot(clip, dataset, cache_root, plots_dir=out / "plots", progress=progress,
-                                      batch_size=eval_batch)
+    with stage("features: encode train, val, test once (feature cache)"):
+        for split in (dataset.train, dataset.val, dataset.test):
+            if split is not None:
+                split_part(split, backbone, cache_root, progress=progress)
+    with stage("linear probes (colour, shape) on frozen global features"):
+        results["probe"] = _probe(dataset, backbone, cache_root, progress)
+    with stage("zero-shot tags for a few test images (tags.png)"):
+        results["tag_grid"] = str(tag_grid(backbone, dataset, out / "tags.png"))
+
+    with stage("zero-shot: random, oracles, CLIP matching (ZSL: unseen labels in their own pass; GZSL)"):
+        part = split_part(dataset.test, backbone, cache_root, unseen=dataset.unseen, progress=progress)
+        rows = _independent_rows(part, np.random.default_rng(seed))
+        eval_batch = cfg.eval.batch_size
+        prompts = load_prompts(cfg.prompts.name)
+        rows["clip"] = evaluate_zero_shot(Scorer.clip(backbone, prompts), dataset, cache_root, plots_dir=out / "plots",
+                                          progress=progress, batch_size=eval_batch)
+        for m in ("global", "local"):
+            rows[f"clip_{m}"] = evaluate_zero_shot(Scorer.clip(backbone, prompts, name=f"clip_{m}", mode=m), dataset,
+                                                   cache_root, progress=progress, batch_size=eval_batch)
     runs = {}
     for name, config in (("adapter", "world_adapter_zsl.yaml"), ("sigrl", "world_zsl.yaml")):
-        run_dir = out / "runs" / f"{name}_zsl"
-        _train(config, common + ([] if quick else BUDGET[name]) + [f"output={run_dir}"], progress)
-        # the saved best head, scored as `sigrl eval RUN` scores it
-        rows[name] = evaluate_zero_shot(Scorer.from_run(run_dir, backbone=backbone, name=name), dataset, cache_root,
-                                        plots_dir=out / "plots", progress=progress, batch_size=eval_batch)
-        runs[name] = str(run_dir)
+        with stage(f"zero-shot: train the {name} head on the seen labels"):
+            run_dir = out / "runs" / f"{name}_zsl"
+            torch.manual_seed(seed)
+            _train(config, common + budget[name] + [f"output={run_dir}"], progress)
+            # the saved best head, scored as `sigrl eval RUN` scores it
+            rows[name] = evaluate_zero_shot(Scorer.from_run(run_dir, backbone=backbone, name=name), dataset,
+                                            cache_root, plots_dir=out / "plots", progress=progress,
+                                            batch_size=eval_batch)
+            runs[name] = str(run_dir)
     results["zsl"] = {k: _zs_entry(v["zsl"], runs.get(k)) for k, v in rows.items()}
     results["gzsl"] = {k: _zs_entry(v["gzsl"], runs.get(k)) for k, v in rows.items()}
 
-    _say("[4/4] single positive and partial labels (all labels, one head per loss)")
     spml = {}
-    for name, extra in SPML_RUNS:
-        if quick and name in QUICK_SKIP:
-            continue
-        if quick and name == "em_apl":
-            extra = extra + ["loss.options.warmup_epochs=1"]  # the quick demo trains 2 epochs
-        budget = [] if quick else BUDGET["spml"]
-        run_dir = out / "runs" / f"spml_{name}"
-        res = _train("world_spml_an.yaml", common + budget + extra + [f"output={run_dir}"], progress)
-        spml[name] = {"map": _test_map(res), "run": str(run_dir)}
+    names = [n for n, _ in SPML_RUNS] if full else (QUICK_SPML if quick else DEFAULT_SPML)
+    with stage(f"single positive ({', '.join(names)})"):
+        for name, extra in SPML_RUNS:
+            if name not in names:
+                continue
+            if quick and name == "em_apl":
+                extra = extra + ["loss.options.warmup_epochs=1"]  # the quick demo trains 2 epochs
+            run_dir = out / "runs" / f"spml_{name}"
+            res = _train("world_spml_an.yaml", common + budget["spml"] + extra + [f"output={run_dir}"], progress)
+            spml[name] = {"map": _test_map(res), "run": str(run_dir)}
     results["spml"] = spml
-    partial = {}
-    for p in ((0.5,) if quick else PARTIAL_PROPORTIONS):
-        for method in ("none", "sst"):
-            key = f"{'bce' if method == 'none' else method}@{round(100 * p)}%"
-            budget = [] if quick else BUDGET["spml"]
-            run_dir = out / "runs" / ("partial_" + key.replace("@", "_").rstrip("%"))
-            # sst: the reference's per-step loss, its pair branch narrowed to 64 (1128 label pairs on CPU)
-            loss = ["loss.name=full"] if method == "none" else [
-                "loss.name=sst", "loss.options.hidden_dim=64", "loss.options.out_dim=64"]
-            res = _train("world_spml_an.yaml", common + budget + ["data.observed=partial", f"data.proportion={p}",
-                                                                *loss, f"output={run_dir}"], progress)
-            partial[key] = {"map": _test_map(res), "run": str(run_dir)}
-    results["partial"] = partial
+    if full or quick:
+        partial = {}
+        with stage("partial labels (BCE, SST" + (", CLSL" if full else "") + ")"):
+            methods = (("bce", ["loss.name=full"]), ("sst", ["loss.name=sst"]))
+            if full:
+                methods += (("clsl", ["loss.name=clsl"]),)
+            for p in ((0.5,) if quick else PARTIAL_PROPORTIONS):
+                for key_name, extra in methods:
+                    key = f"{key_name}@{round(100 * p)}%"
+                    run_dir = out / "runs" / ("partial_" + key.replace("@", "_").rstrip("%"))
+                    res = _train("world_spml_an.yaml", common + budget["spml"] + extra + [
+                        "data.observed=partial", f"data.proportion={p}", f"output={run_dir}"], progress)
+                    partial[key] = {"map": _test_map(res), "run": str(run_dir)}
+        results["partial"] = partial
+    results["stages"] = stage.times
     results["seconds"] = time.time() - t0
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     print(format_results(results))
@@ -228,6 +300,9 @@ def format_results(r: dict) -> str:
         z, g = r["zsl"][name], r["gzsl"][name]
         lines.append(f"{name:<15} {_pct(z['map']):>8} {_pct(z['f1@3']):>6} {_pct(z['f1@5']):>6}   "
                      f"{_pct(g['map']):>8} {_pct(g['f1@3']):>6} {_pct(g['f1@5']):>6}")
+    if r.get("probe"):
+        lines.insert(2, "linear probes on frozen global features (test mAP): " +
+                     ", ".join(f"{k} {_pct(v).strip()}" for k, v in r["probe"].items()))
     if r.get("spml"):
         lines += ["", "single positive (test mAP, all labels): " +
                   ", ".join(f"{k} {_pct(v['map']).strip()}" for k, v in r["spml"].items())]

@@ -124,7 +124,13 @@ def build_backbone(cfg: Config, world: Path | None, device="cpu"):
     """The frozen backbone of ``cfg.backbone`` (``model: world``: the tiny world model)."""
     model, pretrained = cfg.backbone.model, cfg.backbone.pretrained
     if model == "world":
-        config_json, weights = ensure_tiny_vlp(world, _spec(PretrainSpec, cfg.backbone.pretrain, "backbone.pretrain"))
+        options = {k: v for k, v in dict(cfg.backbone.pretrain or {}).items() if k != "quick"}
+        if options:  # a model of your own, pre-trained on this world's captions (cached)
+            config_json, weights = ensure_tiny_vlp(world, _spec(PretrainSpec, cfg.backbone.pretrain, "backbone.pretrain"))
+        else:  # the world model shipped in the package (sigrl/world/model/, no pre-training)
+            from .world.ship import shipped_paths
+
+            config_json, weights = shipped_paths()
         model, pretrained = str(config_json), str(weights)
     # a backbone without weights (pretrained: null) is randomly initialised: do it the same way
     # every time, so its feature caches and runs stay consistent (and leave the global RNG alone)

@@ -24,7 +24,7 @@ from sigrl.world.pretrain import (
     save_vlp,
 )
 
-MICRO = WorldSpec.quick(seed=3, n_pretrain=96, n_train=24, n_val=8, n_test=16)
+MICRO = WorldSpec.quick(seed=3, image_size=64, n_pretrain=96, n_train=24, n_val=8, n_test=16)  # world-micro is 64 px
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def test_label_statistics():
     world = World(spec)
     samples = _sample_many(world, 600)
     counts = [len(s.objects) for s in samples]
-    assert min(counts) == 1 and max(counts) == 4
-    assert set(counts) == {1, 2, 3, 4}
+    assert min(counts) == 2 and max(counts) == 6  # world v2: 2-6 objects per image
+    assert set(counts) == {2, 3, 4, 5, 6}
     for s in samples:
         assert len(set(s.objects)) == len(s.objects)  # distinct compounds per image
     # 48 compound labels, 25% unseen, every colour and shape among the seen labels

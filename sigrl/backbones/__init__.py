@@ -16,6 +16,10 @@ def load_backbone(model: str, pretrained: str | None = None, *, device: str = "c
     """A frozen backbone. ``preprocess`` overrides preprocessing fields, e.g.
     ``{"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "resize_size": 256}`` for the
     reference SigRL/MKT protocol."""
+    if model in ("world", "world-v2") and not pretrained:  # the world model shipped in the package
+        from ..world.ship import shipped_paths
+
+        model, pretrained = (str(p) for p in shipped_paths())
     path = Path(model)
     if path.is_dir():
         from .hf_clip import load_hf_clip

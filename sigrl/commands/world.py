@@ -1,13 +1,12 @@
 """``sigrl world``: the embedded synthetic world and its tiny vision-language model.
 
     sigrl world generate [--seed N] [--quick] [--output DIR]
-    sigrl world pretrain [--seed N] [--quick] [--world DIR]
+    sigrl world pretrain [--output DIR] [--steps N]
 
 ``generate`` writes the dataset (generic CSV format, see :mod:`sigrl.world.generator`)
 into ``--output`` or the cache (reused when already there). ``pretrain`` trains the
-tiny CLIP-style model on the world's captions (generating the world first when
-``--world`` is not given) and caches ``model.json`` + ``model.safetensors``. Both print
-where things were written.
+world model shipped in the package (``--model world``) from scratch on its own fixed
+corpus (:mod:`sigrl.world.ship`). Both print where things were written.
 """
 from __future__ import annotations
 
@@ -29,12 +28,16 @@ def register(subparsers, verb: str, help_text: str) -> None:
     g.add_argument("--output", metavar="DIR", help="write here instead of the cache directory")
     g.set_defaults(func=run_generate)
 
-    t = sub.add_parser("pretrain", help="pre-train the tiny vision-language model on the captions",
-                       description="Pre-train the tiny CLIP-style model contrastively on the world's "
-                       "captions (cached; reused when present).")
-    t.add_argument("--seed", type=int, default=0, help="world and training seed (default 0)")
-    t.add_argument("--quick", action="store_true", help="micro world and a few-second run")
-    t.add_argument("--world", metavar="DIR", help="an existing world directory (default: the cached world of --seed)")
+    t = sub.add_parser("pretrain", help="pre-train the world model (the one shipped in the package) from scratch",
+                       description="Pre-train the tiny open_clip model on its own fixed corpus, exactly as the "
+                       "model shipped in the package was trained (its manifest records the command); writes "
+                       "train.log, checkpoints/, world.json, world.safetensors, train.json and manifest.json into "
+                       "--output. --steps N stops early on the same schedule (its loss curve compares step by "
+                       "step with the shipped one: benchmarks/bench_world_pretrain.py).")
+    t.add_argument("--output", "-o", metavar="DIR", default="world-model", help="output folder (default ./world-model)")
+    t.add_argument("--steps", type=int, default=None, help="stop after N steps (same schedule)")
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    t.add_argument("--no-report", action="store_true", help="skip the probe / zero-shot report")
     t.set_defaults(func=run_pretrain)
     p.set_defaults(func=run)
 
@@ -65,26 +68,27 @@ def run_generate(args) -> int:
 
 
 def run_pretrain(args) -> int:
-    from ..world.generator import WorldSpec, ensure_world
-    from ..world.pretrain import PretrainSpec, ensure_tiny_vlp
+    from ..world.ship import ShipSpec, train_world_model, write_manifest
 
-    if args.world:
-        root = Path(args.world)
-        if not (root / "world.json").is_file():
-            raise DataError(f"{root}: not a finished world (no world.json); run: sigrl world generate --output {root}")
-    else:
-        spec = WorldSpec.quick(seed=args.seed) if args.quick else WorldSpec(seed=args.seed)
-        root = ensure_world(spec, progress=True)
-    tspec = PretrainSpec.quick(seed=args.seed) if args.quick else PretrainSpec(seed=args.seed)
-    config, weights = ensure_tiny_vlp(root, tspec, progress=True)
-    info = json.loads((config.parent / "train.json").read_text(encoding="utf-8"))
-    print(f"world:   {root}")
-    print(f"config:  {config}")
-    print(f"weights: {weights}")
-    if info.get("first_loss") is not None:
-        print(f"contrastive loss {info['first_loss']:.3f} -> {info['last_loss']:.3f} "
-              f"({len(info.get('losses', []))} steps, {info.get('seconds')} s)")
-    print(f"use it: sigrl tag IMAGES --model {config} --pretrained {weights} --labels \"red star,blue ring\"")
+    out = Path(args.output)
+    if out.exists() and (out / "train.log").exists():
+        raise UsageError(f"{out}: holds a pre-training run already; choose another --output")
+    train_world_model(out, ShipSpec(), max_steps=args.steps, threads=args.threads)
+    report = None
+    if not args.no_report:
+        from ..backbones import load_backbone
+        from ..world.probe import model_report
+
+        report = model_report(load_backbone(str(out / "world.json"), str(out / "world.safetensors")))
+    cmd = "sigrl world pretrain --output DIR" + (f" --steps {args.steps}" if args.steps else "")
+    manifest = write_manifest(out, command=cmd, report=report, dest=out)
+    print(f"config:  {out / 'world.json'}")
+    print(f"weights: {out / 'world.safetensors'} (sha256 {manifest['sha256'][:16]}...)")
+    print(f"{manifest['steps']} steps, final loss {manifest['final_loss']}, {manifest['train_seconds']} s")
+    if report:
+        print(f"probes {report['probe']}, unseen mAP {report['zsl']}")
+    print(f"use it: sigrl tag IMAGES --model {out / 'world.json'} --pretrained {out / 'world.safetensors'} "
+          "--labels \"red star,blue ring\"  (the shipped one: --model world)")
     return 0
 
 

@@ -116,7 +116,7 @@ class WorldSpec:
     @classmethod
     def quick(cls, seed: int = 0, **overrides) -> "WorldSpec":
         """A micro world (a few hundred images, generated in about a second)."""
-        base = dict(seed=seed, n_pretrain=512, n_train=160, n_val=48, n_test=96)
+        base = dict(seed=seed, n_pretrain=0, n_train=160, n_val=48, n_test=96)
         base.update(overrides)
         return cls(**base)
 

@@ -1,0 +1,101 @@
+"""The world model shipped in the package (sigrl/world/model/): its manifest agrees with
+the file, it loads through the normal backbone path (``--model world``, configs'
+``backbone.model: world``), and the corpus it was trained on is fixed and reproducible."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sigrl.backbones import load_backbone
+from sigrl.world import generator as gen
+from sigrl.world import ship
+from sigrl.world.probe import attribute_targets, colour_oracle_scores, linear_probe, macro_ap, shape_oracle_scores
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return ship.read_manifest()
+
+
+def test_manifest_names_the_shipped_files_and_their_hash(manifest):
+    weights = ship.SHIPPED_DIR / manifest["weights"]
+    config = ship.SHIPPED_DIR / manifest["config"]
+    assert weights.is_file() and config.is_file()
+    assert ship.sha256_file(weights) == manifest["sha256"]
+    assert weights.stat().st_size == manifest["bytes"] <= 25 * 2 ** 20
+    cfg = json.loads(config.read_text())
+    assert {k: v for k, v in cfg.items() if k != "preprocess_cfg"} == manifest["model_cfg"]
+    assert cfg["preprocess_cfg"] == manifest["preprocess_cfg"]
+    # what it takes to reproduce it
+    assert manifest["command"] and manifest["steps"] >= 1 and np.isfinite(manifest["final_loss"])
+    assert manifest["spec"] == {**ship.ShipSpec().to_dict(), **manifest["spec"]}
+    assert manifest["corpus"]["corpus_seed"] == gen.CORPUS_SEED
+    assert manifest["corpus"]["generator_version"] == gen.GENERATOR_VERSION
+    report = manifest.get("report") or {}
+    assert set(report.get("probe", {})) == {"colour", "shape"}
+
+
+def test_shipped_model_loads_through_the_backbone_path():
+    backbone = load_backbone("world")
+    config, weights = ship.shipped_paths()
+    assert backbone.spec["checkpoint_sha256"] == ship.sha256_file(weights)
+    img = gen.World(gen.WorldSpec(seed=0)).sample("test", 0).image
+    from PIL import Image
+
+    x = backbone.preprocess(Image.fromarray(img)).unsqueeze(0)
+    with torch.no_grad():
+        g, local = backbone.encode_images(x)
+        t = backbone.encode_texts(["a photo of a red star.", "a photo of a blue ring."])
+    assert g.shape == (1, 128) and local.shape == (1, 64, 128)  # 96 px, patch 12: 64 tokens
+    assert torch.allclose(g.norm(dim=-1), torch.ones(1), atol=1e-4)
+    assert t.shape == (2, 128)
+    # the same model as naming the files
+    again = load_backbone(str(config), str(weights))
+    with torch.no_grad():
+        assert torch.equal(again.encode_images(x)[0], g)
+
+
+def test_configs_backbone_world_is_the_shipped_model(tmp_path):
+    from sigrl.config import load_config
+    from sigrl.experiment import build_backbone
+    from sigrl.paths import CONFIGS_DIR
+
+    cfg = load_config(CONFIGS_DIR / "world_zsl.yaml", ["data.world.quick=true"])
+    backbone = build_backbone(cfg, None)
+    assert backbone.spec["checkpoint_sha256"] == ship.sha256_file(ship.WEIGHTS)
+
+
+def test_corpus_is_fixed_and_matches_the_world_files(tmp_path):
+    spec = gen.corpus_spec(n_pretrain=6)
+    a_img, a_cap, a_obj = gen.render_corpus(spec, 0, 6)
+    b_img, b_cap, b_obj = gen.render_corpus(gen.corpus_spec(n_pretrain=6), 2, 6)
+    assert np.array_equal(a_img[2:], b_img) and a_cap[2:] == b_cap and a_obj[2:] == b_obj
+    assert gen.corpus_spec().seed == gen.CORPUS_SEED  # never the demo's --seed
+    assert a_img.shape == (6, 96, 96, 3)
+    root = gen.generate_world(spec, tmp_path / "w")
+    from PIL import Image
+
+    with Image.open(root / "images/pretrain/000004.png") as im:
+        assert np.array_equal(np.array(im), a_img[4])
+    rows = (root / "captions.csv").read_text().splitlines()[1:]
+    assert rows[4].split(",", 1)[1].strip('"') == a_cap[4]
+
+
+def test_oracles_and_probe():
+    labels = ["red star", "red ring", "blue star", "blue ring"]
+    targets = np.array([[1, 0, 0, 0], [0, 0, 0, 1], [0, 1, 1, 0]], dtype=np.int8)
+    rng = np.random.default_rng(0)
+    colour = colour_oracle_scores(targets, labels, rng).round()
+    shape = shape_oracle_scores(targets, labels, rng).round()
+    assert colour.tolist() == [[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]]
+    assert shape.tolist() == [[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]]
+    assert attribute_targets(targets, labels, "shape").tolist() == [[1, 0], [0, 1], [1, 1]]
+    assert macro_ap(targets, targets.astype(float)) == 1.0
+    # a linearly separable attribute is found by the probe
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 8, generator=g)
+    y = np.stack([(x[:, 0] > 0).numpy(), (x[:, 1] > 0.5).numpy()], 1).astype(np.float32)
+    assert linear_probe(x[:300], y[:300], x[300:], y[300:]) > 0.95
