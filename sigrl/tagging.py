@@ -342,7 +342,7 @@ class Tagger:
     def label_thresholds(self, threshold: float | None = None, thresholds: dict | None = None) -> torch.Tensor:
         """(C,) threshold of each label: its own (``thresholds``, else the calibration's),
         else ``threshold``, else the calibration's global threshold when it has per-label
-        ones, else none (0)."""
+        ones, else none (-inf: every tag in the top-k is kept)."""
         own = dict(self.calibration.thresholds()) if self.calibration is not None else {}
         own.update(thresholds or {})
         fallback = threshold
