@@ -89,3 +89,17 @@ def test_finetune_config_errors():
         FinetuneSpec.from_dict({"blocks": -1})
     with pytest.raises(ConfigError, match="unknown"):
         FinetuneSpec.from_dict({"block": 2})
+
+
+def test_nuswide_config_is_the_reference_preset_and_the_regime_is_one_key():
+    from sigrl.checkpoint import build_head
+    from sigrl.config import load_config
+    from sigrl.paths import CONFIGS_DIR
+
+    cfg = load_config(CONFIGS_DIR / "nuswide_zsl.yaml")
+    head = build_head(cfg.head.head_class, 32, cfg.head.options)
+    assert head.config["preset"] == "reference" and head.config["combine"] == "l2"
+    assert not FinetuneSpec.from_dict(cfg.backbone.finetune).enabled
+    cfg = load_config(CONFIGS_DIR / "nuswide_zsl.yaml", ["backbone.finetune.blocks=2"])
+    spec = FinetuneSpec.from_dict(cfg.backbone.finetune)
+    assert spec.enabled and spec.blocks == 2 and spec.randaugment and spec.distill_weight > 0
