@@ -25,14 +25,27 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--world", help="world root (default: the seed-0 world, built on first use)")
     ap.add_argument("--model", nargs=2, metavar=("CONFIG", "WEIGHTS"), help="default: the shipped tiny world model")
+    ap.add_argument("--random-model", metavar="NAME", help="an open_clip model with random weights instead "
+                    "(e.g. ViT-B-16: the world images are resized to its 224 px)")
     args = ap.parse_args()
     from sigrl.backbones import load_backbone
     from sigrl.tagging import Tagger
     from sigrl.world import PretrainSpec, WorldSpec, ensure_tiny_vlp, ensure_world
 
     root = Path(args.world) if args.world else ensure_world(WorldSpec(seed=0))
-    cfg, weights = args.model or ensure_tiny_vlp(root, PretrainSpec())
-    backbone = load_backbone(str(cfg), str(weights))
+    tmp_weights = None
+    if args.random_model:
+        import open_clip
+        from safetensors.torch import save_file
+
+        tmp_weights = tempfile.TemporaryDirectory()
+        weights = Path(tmp_weights.name) / "random.safetensors"
+        model = open_clip.create_model(args.random_model, pretrained=None)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+        backbone = load_backbone(args.random_model, str(weights))
+    else:
+        cfg, weights = args.model or ensure_tiny_vlp(root, PretrainSpec())
+        backbone = load_backbone(str(cfg), str(weights))
     labels = (root / "labels.txt").read_text().split("\n")
     labels = [l for l in labels if l]
     images = sorted((root / "images" / "test").glob("*.png"))[: args.images]
@@ -50,7 +63,7 @@ def main() -> None:
         second_s = time.perf_counter() - t0
     assert len(first) == len(second) == len(images) and not any(r.error for r in first + second)
     diff = max(abs(dict(a.tags)[l] - dict(b.tags)[l]) for a, b in zip(first, second) for l in labels)
-    print(f"images {len(images)}, labels {len(labels)} then {len(new_labels)}, batch {args.batch_size}, "
+    print(f"model {args.random_model or 'tiny world model'}, images {len(images)}, labels {len(labels)} then {len(new_labels)}, batch {args.batch_size}, "
           f"workers {args.workers}")
     print(f"first run (decode + encode + store): {first_s:.2f} s ({len(images) / first_s:.0f} img/s)")
     print(f"re-tag from stored features:         {second_s:.2f} s ({len(images) / second_s:.0f} img/s)")
