@@ -53,6 +53,8 @@ from .scorer import Scorer
 
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
+#: model names load_backbone resolves to the world model shipped in the package (no --pretrained)
+SHIPPED_MODELS = ("world", "world-v2")
 SCORE_KINDS = ("independent", "softmax")
 #: fixed neutral words: plain matching scores each label relative to the image's mean
 #: cosine to these (through the same prompts), never relative to the other labels
@@ -147,7 +149,7 @@ class Tagger:
                     if str(model).endswith(".json"):
                         raise UsageError(f"{model}: a model config holds no weights; give --pretrained FILE "
                                          "(tagging with random weights gives meaningless tags)")
-                    if not Path(model).is_dir():  # an open_clip name: its default weights
+                    if not Path(model).is_dir() and model not in SHIPPED_MODELS:  # open_clip name: default weights
                         pretrained = DEFAULT_PRETRAINED
                 backbone = load_backbone(model, pretrained, device=device, preprocess=preprocess)
             # softmax rule for scores="softmax"; per_label (independent) ignores the combine

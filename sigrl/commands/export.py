@@ -43,7 +43,11 @@ def run(args) -> int:
     else:
         if args.model and str(args.model).endswith(".json") and not args.pretrained:
             raise UsageError(f"{args.model}: a model config holds no weights; give --pretrained FILE")
-        backbone = load_backbone(args.model or "ViT-B-16", args.pretrained or (None if args.model and Path(args.model).is_dir() else "openai"))
+        from ..tagging import DEFAULT_MODEL, DEFAULT_PRETRAINED, SHIPPED_MODELS
+
+        model = args.model or DEFAULT_MODEL
+        own = Path(model).is_dir() or model in SHIPPED_MODELS
+        backbone = load_backbone(model, args.pretrained or (None if own else DEFAULT_PRETRAINED))
     info = export_onnx(backbone, out, opset=args.opset)
     print(f"wrote {out}/image.onnx, text.onnx, export.json (D={info['embed_dim']}, P={info['patches']})")
     return 0
