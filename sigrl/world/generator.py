@@ -104,9 +104,9 @@ class WorldSpec:
     max_rotation: float = 20.0
     unseen_fraction: float = 0.25
     n_pretrain: int = 0
-    n_train: int = 4000
-    n_val: int = 1000
-    n_test: int = 2000
+    n_train: int = 2500
+    n_val: int = 500
+    n_test: int = 1000
     shape_only_captions: float = 0.3
     colour_only_captions: float = 0.05
     mixed_captions: float = 0.15
