@@ -116,9 +116,9 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     seen: set[Path] = set()
 
     def add(p: Path):
-        try:  # the same file reached twice (symlink, ./x and x): one stat, cheaper than resolve()
-            st = p.stat()
-            key = (st.st_dev, st.st_ino)
+        try:  # the same file reached twice (symlink, ./x and x): one stat, cheaper than resolve();
+            st = p.stat()  # hard links are distinct names the user listed: kept, keyed by their path
+            key = (st.st_dev, st.st_ino) if st.st_nlink == 1 else os.path.realpath(p)
         except OSError:
             key = p
         if key not in seen:

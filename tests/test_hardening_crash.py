@@ -41,7 +41,7 @@ def test_killed_run_keeps_previous_output_and_concurrent_runs_do_not_interleave(
     for i in range(3):
         write_shape_image(few / f"f{i}.png", seed=i)
     out = tmp_path / "tags.csv"
-    out.write_text("image,rank,label,score\nprevious,1,x,1.0\n")
+    out.write_text("image,scores,rank,label,score,error\nprevious,independent,1,x,1.0,\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
     def cmd(folder):
@@ -77,7 +77,7 @@ def test_killed_run_keeps_previous_output_and_concurrent_runs_do_not_interleave(
     assert sorted({Path(r["image"]).name for r in rows}) == ["f0.png", "f1.png", "f2.png"]
     assert len(rows) == 9  # the concurrent run's complete result, nothing of the killed one
     kept = partial.read_text().splitlines()  # the killed run's rows so far, for the user to see
-    assert kept[0] == "image,rank,label,score" and len(kept) >= 4
+    assert kept[0] == "image,scores,rank,label,score,error" and len(kept) >= 4
     assert all("big" in line for line in kept[1:-1])
 
 

@@ -234,7 +234,7 @@ def test_labels_file_bom_crlf_blank_duplicates_unicode_long(tiny_clip_files, ima
     path = tmp_path / "words.txt"
     path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(words).encode("utf-8") + b"\r\n\r\n")
     code, out, err = tag(tiny_clip_files, capsys, str(image_dir), "--labels-file", str(path),
-                         "--format", "json", "--top-k", "50")
+                         "--format", "json", "--top-k", "50", "--scores", "softmax")
     assert code == 0, err
     expected = {"dog", "cat", "rouge vif ✓", "café", "城市 夜景", "naïve art", long_label}
     for r in json.loads(out):
@@ -278,7 +278,7 @@ def test_thousands_of_labels_full_distribution(tiny_clip_files, tmp_path):
         bb = load_backbone(cfg, w)
         small = Tagger([f"word{i}" for i in range(20)], backbone=bb, batch_size=16).tag([images], top_k=3)
         labels = [f"label number {i} of many" for i in range(3000)]
-        tagger = Tagger(labels, backbone=bb, batch_size=16)
+        tagger = Tagger(labels, backbone=bb, batch_size=16, scores="softmax")  # sums are checked below
         full = tagger.tag([images], top_k=None)
         top = tagger.tag([images], top_k=5)
         print(json.dumps({"n_small": len(small),
@@ -344,9 +344,9 @@ def test_no_traceback_without_debug_and_one_with_it(tmp_path):
     p = subprocess.run([*base, "--debug", "tag", str(tmp_path), "--labels", "a", "--threshold", "7"],
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert p.returncode != 0 and "Traceback" in p.stderr and "UsageError: --threshold" in p.stderr
-    p = subprocess.run([*base, "tag", str(tmp_path), "--labels", "a", "--top-k", "0"], capture_output=True,
+    p = subprocess.run([*base, "tag", str(tmp_path), "--labels", "a", "--top-k", "-1"], capture_output=True,
                        text=True, cwd=REPO, env=env, timeout=120)
-    assert p.returncode == 2 and p.stderr.strip() == "sigrl tag: error: --top-k must be at least 1, got 0"
+    assert p.returncode == 2 and p.stderr.strip() == "sigrl tag: error: --top-k must be 0 (all labels) or more, got -1"
 
 
 # ====================================================================== sigrl data check
