@@ -64,7 +64,7 @@ PARTIAL_PROPORTIONS = (0.1, 0.5, 0.9)
 # The default demo must finish in 2 minutes on 2 CPU cores, so it trains shorter than the
 # configs do (their full runs: `sigrl train configs/...`, `benchmarks/bench_world_seeds.py`).
 BUDGET = {
-    "sigrl": ["train.epochs=4"],
+    "sigrl": ["data.max_train_images=1000", "train.epochs=2"],  # SVFR costs B*P*C*D^2 a step (64 tokens)
     "adapter": ["train.epochs=4"],
     "spml": ["head.class=adapter", "train.epochs=6"],
 }
