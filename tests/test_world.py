@@ -156,7 +156,7 @@ def test_files_in_the_generic_csv_format(micro_root: Path):
             assert row["image"] == f"images/{split}/{i:06d}.png"
             assert (root / row["image"]).is_file()
             names = row["labels"].split("|")
-            assert 1 <= len(names) <= 4 and set(names) <= set(labels)
+            assert 2 <= len(names) <= 6 and set(names) <= set(labels)
     caps = list(csv.DictReader((root / "captions.csv").read_text().splitlines()))
     assert len(caps) == 96 and list(caps[0]) == ["image", "caption"]
     assert all(c["image"].startswith("images/pretrain/") and c["caption"] for c in caps)
