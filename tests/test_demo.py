@@ -20,6 +20,9 @@ def test_quick_demo_writes_valid_results(tmp_path, monkeypatch, capsys):
             for key in ("map", "f1@3", "f1@5"):
                 assert 0.0 <= entry[key] <= 1.0, (section, key, entry)
     assert {"an", "full"} <= set(results["spml"])
+    assert set(results["probe"]) == {"colour", "shape"} and all(0 <= v <= 1 for v in results["probe"].values())
+    assert {"shape_oracle", "clip_global", "clip_local"} <= set(results["zsl"])
+    assert results["stages"] and all(v >= 0 for v in results["stages"].values())
     assert all(0.0 <= v["map"] <= 1.0 for v in results["spml"].values())
     assert results["partial"] and all(0.0 <= v["map"] <= 1.0 for v in results["partial"].values())
     # every trained row names its run, and its number is what `sigrl eval RUN` computes
