@@ -15,6 +15,11 @@ standard deviation over the seeds (values in %), then checks the goals of issue 
 * single positive: AN -> full gap >= 5 points and the best method closes >= 50 % of it.
 
 The world is a functional and comparative testbed, not a claim about real data.
+
+Measured 2026-12-02 (shipped model sha256 69ac3f82..., default rows, 2 CPU cores,
+1 thread, empty cache per seed; 370 s in all, 110-128 s a seed), mean ± sd over seeds 0,1,2 (%):
+
+
 """
 from __future__ import annotations
 
