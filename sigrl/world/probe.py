@@ -17,6 +17,8 @@ import time
 import numpy as np
 import torch
 
+from ..metrics import mean_average_precision
+
 __all__ = ["attribute_targets", "colour_oracle_scores", "shape_oracle_scores", "linear_probe", "probe_figures",
            "macro_ap", "model_report"]
 
@@ -57,12 +59,10 @@ def shape_oracle_scores(targets: np.ndarray, labels: list[str], rng: np.random.G
 
 
 def macro_ap(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over columns with at least one positive of sklearn's average precision."""
-    from sklearn.metrics import average_precision_score
-
-    t = np.asarray(targets) == 1
-    keep = t.any(axis=0)
-    return float(np.mean([average_precision_score(t[:, j], scores[:, j]) for j in np.flatnonzero(keep)]))
+    """Mean over columns with at least one positive of the average precision (sigrl.metrics,
+    ties grouped as scikit-learn does; every other entry counts as a negative)."""
+    t = np.where(np.asarray(targets) == 1, 1, -1).astype(np.int8)
+    return float(mean_average_precision(np.asarray(scores, dtype=np.float32), t, empty_class="skip"))
 
 
 def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray, *,
