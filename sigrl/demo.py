@@ -38,6 +38,7 @@ from .evaluate import zero_shot_metrics
 from .experiment import build_backbone, open_dataset, split_part
 from .images import load_image
 from .paths import CONFIGS_DIR
+from .prompt_tuning import prompt_rows
 from .prompts import load_prompts
 from .safeio import atomic_write_text
 from .scorer import Scorer
@@ -251,6 +252,11 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
             runs[name] = str(run_dir)
     results["zsl"] = {k: _zs_entry(v["zsl"], runs.get(k)) for k, v in rows.items()}
     results["gzsl"] = {k: _zs_entry(v["gzsl"], runs.get(k)) for k, v in rows.items()}
+    if full:  # learnt prompts (CoOp, DualCoOp), scored as `sigrl eval RUN` scores them
+        with stage("prompt tuning (CoOp, DualCoOp)"):
+            prompt = prompt_rows(common, out / "runs", names=("coop", "dualcoop"), progress=progress)
+        for setting in ("zsl", "gzsl"):
+            results[setting].update(prompt[setting])
 
     spml = {}
     names = [n for n, _ in SPML_RUNS] if full else (QUICK_SPML if quick else DEFAULT_SPML)
