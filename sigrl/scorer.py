@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as Fn
 from torch import nn
 
 from .backbones import backbone_from_spec
@@ -28,7 +29,7 @@ from .model import LabelText
 from .modules.prompt_learner import PromptLearner, learner_from_saved
 from .modules.matching import match_scores
 
-__all__ = ["Scorer", "score_part"]
+__all__ = ["Scorer", "PreparedScores", "score_part"]
 
 
 class Scorer(nn.Module):
@@ -80,65 +81,116 @@ class Scorer(nn.Module):
 
     def forward(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, labels: list[str]) -> torch.Tensor:
         """(B, D), (B, P, D), C label names -> (B, C) float32 scores."""
-        if self.head is None:  # CLIP matching with the learner's T, or the learner's own rule (dualcoop)
-            return self.text.score(global_feats, local_feats, list(labels), **self.match_options).float()
-        T = self.text(list(labels))
-        logits = self.head(global_feats, local_feats, T, label_names=list(labels))
-        return self.text.combine_with_head(logits, global_feats, local_feats, list(labels)).float()
+        return self.prepare(labels)(global_feats, local_feats)
 
     def per_label(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, labels: list[str],
                   context: list[str] | None = None, anchors: list[str] | None = None) -> torch.Tensor:
         """(B, C) scores where label c's column depends on c alone, never on the other
-        labels of ``labels`` (what independent tagging probabilities are built on).
+        labels of ``labels`` (what independent tagging probabilities are built on); the
+        rule is :meth:`prepare` with ``independent=True``."""
+        return self.prepare(labels, independent=True, context=context, anchors=anchors)(global_feats, local_feats)
 
-        Plain matching: the un-normalised mean of the cosines, ``(s_l + s_g) / 2`` with
-        ``s_g = <g/|g|, T_c>`` and ``s_l`` = mean of the top-k ``<L_p/|L_p|, T_c>``
-        (``mode`` keeps one part); with ``anchors`` (a fixed list of neutral words, never
-        the labels) each part minus the image's mean cosine to the anchors, which takes out
-        how much an image resembles any text (what a softmax over the labels removes)
-        without looking at the other labels. A trained head: its every logit (LogitBias included)
-        depends on the label set of the call (its label graph, SVFR's sum over labels, the
-        normalisation over labels), so label c is scored in the fixed set ``context + [c]``
-        (``context``: default the run's training labels): its own logit in the set it was
-        trained with, one head call per label outside ``context``."""
+    def prepare(self, labels: list[str], *, independent: bool = False, context: list[str] | None = None,
+                anchors: list[str] | None = None) -> "PreparedScores":
+        """The label side of scoring ``labels``, computed once: a module ``(g, L) -> (B, C)``
+        that holds every label-only tensor (prompt embeddings, the head's graph-refined
+        labels) so a batch costs only the image side. ``Tagger`` keeps one per label set;
+        ``sigrl export onnx --labels`` traces one.
+
+        ``independent=False``: the scores of :meth:`forward` (one pass over ``labels``: the
+        head's logits, or the learner's matching).
+
+        ``independent=True``: label c's column depends on c alone. Plain matching: the
+        un-normalised mean of the cosines, ``(s_l + s_g) / 2`` with ``s_g = <g/|g|, T_c>``
+        and ``s_l`` = mean of the top-k ``<L_p/|L_p|, T_c>`` (``mode`` keeps one part); with
+        ``anchors`` (a fixed list of neutral words, never the labels) each part minus the
+        image's mean cosine to the anchors, which takes out how much an image resembles any
+        text (what a softmax over the labels removes) without looking at the other labels.
+        A learner scoring each label on its own (dualcoop): its scores. A trained head: its
+        every logit depends on the label set of the call (its label graph, SVFR's sum over
+        labels, the normalisation over labels), so label c is scored in the fixed set
+        ``context + [c]`` (``context``: default the run's training labels): its own logit in
+        the set it was trained with, one head pass per label outside ``context``."""
         labels = list(labels)
-        if self.head is None and self.text.independent_scores:  # dualcoop: each label on its own already
-            return self.text.score(global_feats, local_feats, labels).float()
+        if self.head is None and (not independent or self.text.independent_scores):
+            return PreparedScores(self, "learner", [(self.text.label_tensors(labels), None, None)],
+                                  list(range(len(labels))), len(labels))
         if self.head is None:
-            import torch.nn.functional as Fn
+            k = self.match_options.get("top_k", 16)
+            mode = self.match_options.get("mode", "local+global")
+            T = Fn.normalize(self.text(labels).float(), dim=-1)
+            A = Fn.normalize(self.text(list(anchors)).float(), dim=-1) if anchors else None
+            return PreparedScores(self, "cosine", [({"T": T, "A": A}, None, None)], list(range(len(labels))),
+                                  len(labels), mode=mode, top_k=k)
+        if not independent:
+            sets = [labels]
+            columns = [(0, j) for j in range(len(labels))]
+        else:
+            if context is None:
+                context = list(self.run.labels) if self.run is not None else []
+            context = list(dict.fromkeys(context))
+            where = {name: i for i, name in enumerate(context)}
+            sets, columns = ([context] if any(n in where for n in labels) else []), []
+            for name in labels:
+                if name in where:
+                    columns.append((0, where[name]))
+                else:
+                    sets.append(context + [name])
+                    columns.append((len(sets) - 1, len(context)))
+        passes = []
+        for names in sets:
+            lt = self.text.label_tensors(names)
+            passes.append((lt, self.head.prepare_labels(lt["T"], names), names))
+        return PreparedScores(self, "head", passes, columns, len(labels))
 
-            from .modules.matching import global_scores, local_scores
 
-            mode, k = self.match_options.get("mode", "local+global"), self.match_options.get("top_k", 16)
+class PreparedScores(nn.Module):
+    """Scores of one fixed label set: ``forward(global (B, D), local (B, P, D)) -> (B, C)``
+    float32, made by :meth:`Scorer.prepare` (which says the rules). It holds the scorer's
+    modules and the label-side tensors of each pass; every operation of its forward is on
+    the image features, so it traces to an ONNX graph with the labels as constants."""
 
-            def cosines(names):
-                T = Fn.normalize(self.text(list(names)).to(global_feats.device).float(), dim=-1)
-                parts = []
-                if mode != "local":
-                    parts.append(global_scores(Fn.normalize(global_feats.float(), dim=-1), T))
-                if mode != "global":
-                    L = Fn.normalize(local_feats.float(), dim=-1)
-                    # top-k of all P patches is their mean: one (B, D) x (D, C) product
-                    parts.append(L.mean(dim=1) @ T.t() if k >= L.shape[1] else local_scores(L, T, k))
-                return parts
+    def __init__(self, scorer: Scorer, kind: str, passes: list, columns: list, n_labels: int, **options):
+        super().__init__()
+        self.text, self.head = scorer.text, scorer.head
+        self.kind, self.passes, self.columns, self.n_labels = kind, passes, columns, n_labels
+        self.match_options = dict(scorer.match_options)
+        self.options = options
 
-            parts = cosines(labels)
-            if anchors:
-                parts = [s - a.mean(dim=1, keepdim=True) for s, a in zip(parts, cosines(anchors))]
-            return (sum(parts) / len(parts)).float()
-        if context is None:
-            context = list(self.run.labels) if self.run is not None else []
-        context = list(dict.fromkeys(context))
-        where = {name: i for i, name in enumerate(context)}
-        out = torch.empty(global_feats.shape[0], len(labels), device=global_feats.device)
-        inside = [j for j, name in enumerate(labels) if name in where]
-        if inside:
-            scores = self(global_feats, local_feats, context)
-            out[:, inside] = scores[:, [where[labels[j]] for j in inside]].to(out.device)
-        for j, name in enumerate(labels):
-            if name not in where:
-                out[:, j] = self(global_feats, local_feats, context + [name])[:, -1].to(out.device)
-        return out
+    def forward(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "learner":
+            return self.text.score_prepared(global_feats, local_feats, self.passes[0][0], **self.match_options).float()
+        if self.kind == "cosine":
+            return self._cosine(global_feats, local_feats, **self.passes[0][0])
+        outs = []
+        for lt, prepared, _names in self.passes:
+            logits = self.head.score_prepared(global_feats, local_feats, prepared)
+            outs.append(self.text.combine_prepared(logits, global_feats, local_feats, lt).float())
+        if len(outs) == 1 and [c for _, c in self.columns] == list(range(outs[0].shape[1])):
+            return outs[0]
+        return torch.stack([outs[p][:, c] for p, c in self.columns], dim=1) if self.columns else \
+            global_feats.new_zeros(global_feats.shape[0], 0).float()
+
+    def _cosine(self, global_feats, local_feats, T, A):
+        from .modules.matching import global_scores, local_scores
+
+        mode, k = self.options["mode"], self.options["top_k"]
+
+        def cosines(E):
+            E = E.to(global_feats.device)
+            parts = []
+            if mode != "local":
+                parts.append(global_scores(Fn.normalize(global_feats.float(), dim=-1), E))
+            if mode != "global":
+                L = Fn.normalize(local_feats.float(), dim=-1)
+                # top-k of all P patches is their mean: one (B, D) x (D, C) product
+                parts.append(L.mean(dim=1) @ E.t() if k >= L.shape[1] else local_scores(L, E, k))
+            return parts
+
+        parts = cosines(T)
+        if A is not None:
+            parts = [s - a.mean(dim=1, keepdim=True) for s, a in zip(parts, cosines(A))]
+        return (sum(parts) / len(parts)).float()
 
 
 def _dist(accelerator) -> tuple[int, int]:

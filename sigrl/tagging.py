@@ -77,6 +77,29 @@ class TagResult:
                 "tags": [{"label": l, "score": round(float(s), 6)} for l, s in self.tags], "error": self.error}
 
 
+def block_results(items, good: list[int], S: torch.Tensor | None, labels: list[str], top_k: int | None,
+                  cut: list[float], kind: str) -> Iterator[TagResult]:
+    """TagResults of one block of images: ``items`` (path, error) in input order, ``good``
+    the positions of the scored ones, ``S`` (len(good), C) their scores; a tag is kept in
+    the top ``top_k`` (0 / None: all) at or above its label's threshold ``cut[c]``."""
+    k = len(labels) if not top_k else max(0, min(top_k, len(labels)))
+    rows = {}
+    if good:  # one sort per block, not per image
+        S = torch.as_tensor(S)
+        finite = torch.isfinite(S).all(dim=1).tolist()
+        values, index = S.sort(dim=1, descending=True, stable=True)
+        rows = dict(zip(good, zip(finite, values[:, :k].tolist(), index[:, :k].tolist())))
+    for n, (path, err) in enumerate(items):
+        if n not in rows:
+            yield TagResult(str(path), error=err, scores=kind)
+            continue
+        finite, vs, js = rows[n]
+        if not finite:
+            yield TagResult(str(path), error="the model gives NaN/inf scores for this image", scores=kind)
+            continue
+        yield TagResult(str(path), [(labels[j], v) for v, j in zip(vs, js) if v >= cut[j]], scores=kind)
+
+
 class _ImageFiles(Dataset):
     """(i, pixels or None, error or None): one image read, decoded and preprocessed."""
 
@@ -194,8 +217,12 @@ class Tagger:
     def set_labels(self, labels) -> None:
         """Score against another label set (each label keeps its own score and map)."""
         self.labels = clean_labels(labels)
+        anchors = list(NEUTRAL_ANCHORS) if self.head is None else None
         with torch.no_grad():
             self.label_emb = self.scorer.text(self.labels)
+            # the label side once per label set (prompt embeddings, the head's label graph)
+            self.prepared = (self.scorer.prepare(self.labels, independent=True, anchors=anchors)
+                             if self.kind == "independent" else self.scorer.prepare(self.labels))
         if self.calibration is not None:
             a, b = self.calibration.maps(self.labels)
         else:
@@ -227,15 +254,17 @@ class Tagger:
     def raw_scores(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
         """(B, D), (B, P, D) -> (B, C) each label's own score, before the map
         (:meth:`sigrl.scorer.Scorer.per_label`)."""
-        anchors = list(NEUTRAL_ANCHORS) if self.head is None else None
-        return self.scorer.per_label(global_feats, local_feats, self.labels, anchors=anchors).float().cpu()
+        if self.kind != "independent":
+            anchors = list(NEUTRAL_ANCHORS) if self.head is None else None
+            return self.scorer.per_label(global_feats, local_feats, self.labels, anchors=anchors).float().cpu()
+        return self.prepared(global_feats, local_feats).float().cpu()
 
     @torch.no_grad()
     def score_features(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
         """global (B, D), local (B, P, D) -> scores (B, C): independent probabilities, or
         rows summing to 1 with ``scores="softmax"``."""
         if self.kind == "softmax":
-            s = self.scorer(global_feats, local_feats, self.labels)
+            s = self.prepared(global_feats, local_feats)
             return (torch.softmax(s, dim=-1) if self.head is not None else s).float().cpu()
         s = self.raw_scores(global_feats, local_feats).double()
         return torch.sigmoid(s * self._a + self._b).float()
@@ -365,25 +394,10 @@ class Tagger:
                 yield TagResult(item, error=reason, scores=self.kind)
         if skip:
             paths = [p for p in paths if not skip(str(p))]
-        k = len(self.labels) if not top_k else max(0, min(top_k, len(self.labels)))
         cut = self.label_thresholds(threshold, thresholds).tolist()
-        labels = self.labels
         for items, G, L, good in self.iter_features(paths, progress):
-            rows = {}
-            if good:  # one sort per block, not per image
-                S = self.score_features(G, L)
-                finite = torch.isfinite(S).all(dim=1).tolist()
-                values, index = S.sort(dim=1, descending=True, stable=True)
-                rows = dict(zip(good, zip(finite, values[:, :k].tolist(), index[:, :k].tolist())))
-            for n, (path, err) in enumerate(items):
-                if n not in rows:
-                    yield TagResult(str(path), error=err, scores=self.kind)
-                    continue
-                finite, vs, js = rows[n]
-                if not finite:
-                    yield TagResult(str(path), error="the model gives NaN/inf scores for this image", scores=self.kind)
-                    continue
-                yield TagResult(str(path), [(labels[j], v) for v, j in zip(vs, js) if v >= cut[j]], scores=self.kind)
+            S = self.score_features(G, L) if good else None
+            yield from block_results(items, good, S, self.labels, top_k, cut, self.kind)
 
     def tag(self, inputs, **kwargs) -> list[TagResult]:
         """List form of :meth:`iter_tags`."""

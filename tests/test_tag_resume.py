@@ -73,3 +73,32 @@ def test_csv_resume_drops_a_torn_tail(tiny_clip_files, tmp_path):
     out.write_text("".join(lines[:-2]) + lines[-2][:10])  # the last image half written, torn
     assert main(args) == 0
     assert out.read_text() == full
+
+
+def test_resume_refuses_other_labels_scores_or_threshold(tiny_clip_files, tmp_path, capsys):
+    """A --resume'd OUTPUT keeps the settings of the run that wrote it (OUTPUT.sigrl.json):
+    other labels, score kind or threshold are refused and the file is left as it was; the
+    same settings resume (nothing to add)."""
+    from sigrl.cli import main
+
+    cfg, w = tiny_clip_files
+    folder = tmp_path / "imgs"
+    for i in range(3):
+        write_shape_image(folder / f"{i}.png", (70 * i, 90, 200), seed=i)
+    out = tmp_path / "out.jsonl"
+    args = _cmd(folder, out, cfg, w)[3:]
+    assert main(args) == 0
+    full = out.read_bytes()
+    side = json.loads((tmp_path / "out.jsonl.sigrl.json").read_text())
+    assert side["labels"] == ["dog", "cat", "red car", "ring"] and side["scores"] == "independent"
+    capsys.readouterr()
+    i = args.index("--labels")
+    for change, word in [(args[:i + 1] + ["dog,cat"] + args[i + 2:], "labels"),
+                         (args + ["--scores", "softmax"], "scores"),
+                         (args + ["--threshold", "0.3"], "threshold")]:
+        assert main(change) == 2
+        err = capsys.readouterr().err
+        assert word in err and "new --output" in err
+        assert out.read_bytes() == full
+    assert main(args) == 0
+    assert out.read_bytes() == full

@@ -47,13 +47,15 @@ def register(sub, verb: str, help_text: str) -> None:
                "      --format jsonl -o tags.jsonl --resume --features feats/",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
-    g = p.add_mutually_exclusive_group(required=True)
+    g = p.add_mutually_exclusive_group()
     g.add_argument("--labels", help="comma-separated label names, e.g. 'beach,dog,red car'")
     g.add_argument("--labels-file", help="a text file with one label name per line")
     p.add_argument("--model", help="open_clip model name (ViT-B-16), open_clip JSON config, or a Hugging Face "
                    "CLIP directory (default: ViT-B-16)")
     p.add_argument("--pretrained", help="open_clip pretrained tag or a local checkpoint file (default: openai)")
     p.add_argument("--checkpoint", help="a run directory from 'sigrl train' (uses its backbone, prompts and head)")
+    p.add_argument("--onnx", metavar="DIR", help="tag with ONNX Runtime alone: a folder from 'sigrl export onnx "
+                   "--labels ...' (its labels, scores and thresholds; no --model/--checkpoint/--labels needed)")
     p.add_argument("--prompts", help="prompt set: scene, photo, ensemble, bare, a file, or a template with {} (default: photo)")
     p.add_argument("--scores", choices=["independent", "softmax"], default="independent",
                    help="independent: each label's own probability (default); softmax: scores summing to 1 "
@@ -78,6 +80,49 @@ def register(sub, verb: str, help_text: str) -> None:
                    "(default: half the CPUs, at most 4; 0: decode in the main process)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run)
+
+
+def run_identity(args, tagger) -> dict:
+    """What the records of a --resume'd OUTPUT depend on: the model, head, prompts, labels,
+    score kind, calibration, thresholds and top-k (a resumed run must use the same)."""
+    import hashlib
+
+    def digest(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else None
+
+    if args.onnx:
+        model = {"onnx": json.loads((Path(args.onnx) / "export.json").read_text(encoding="utf-8"))}
+    else:
+        model = tagger.identity
+    return {"model": json.loads(json.dumps(model, default=str)), "labels": list(tagger.labels),
+            "scores": tagger.kind, "calibration": digest(args.calibration), "thresholds": digest(args.thresholds),
+            "threshold": args.threshold, "top_k": args.top_k}
+
+
+def identity_path(output: Path) -> Path:
+    return output.with_name(output.name + ".sigrl.json")
+
+
+def check_resume_identity(output: Path, identity: dict, has_records: bool) -> None:
+    """Refuse to resume OUTPUT with another model, labels or score settings than the run
+    that wrote it (its ``OUTPUT.sigrl.json``); write that file when it is missing."""
+    side = identity_path(output)
+    if side.exists():
+        try:
+            theirs = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{side}: unreadable ({err}); delete it to resume without the check") from None
+        diff = [k for k in identity if theirs.get(k) != identity[k]]
+        if diff:
+            raise UsageError(f"--resume {output}: it was written with other {', '.join(diff)} than this run "
+                             f"(see {side}); use the same settings, or a new --output")
+        return
+    if has_records:
+        print(f"sigrl tag: {output} has records but no {side.name}: resuming without checking the settings",
+              file=sys.stderr)
+    from ..safeio import atomic_write_text
+
+    atomic_write_text(side, json.dumps(identity, indent=1, ensure_ascii=False) + "\n")
 
 
 def read_labels(args) -> list[str]:
@@ -224,6 +269,12 @@ def run(args) -> int:
         raise UsageError(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.checkpoint and (args.model or args.pretrained):
         raise UsageError("--checkpoint brings its own backbone: drop --model/--pretrained")
+    if args.onnx and (args.model or args.pretrained or args.checkpoint or args.prompts or args.calibration
+                      or args.global_only or args.features or args.scores != "independent"):
+        raise UsageError("--onnx brings its model, labels and scores: drop --model/--pretrained/--checkpoint/"
+                         "--prompts/--calibration/--scores/--global-only/--features")
+    if not args.onnx and args.labels is None and args.labels_file is None:
+        raise UsageError("give the label names: --labels 'a,b,c' or --labels-file FILE (or --onnx DIR)")
     if args.scores == "softmax" and (args.calibration or args.thresholds):
         raise UsageError("--calibration/--thresholds hold probabilities of independent scores: drop --scores softmax")
     if args.resume and not args.output:
@@ -248,10 +299,23 @@ def run(args) -> int:
     done: set[str] = set()
     if args.resume:
         done = recover(Path(args.output), args.format)
-    tagger = Tagger(read_labels(args), model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
-                    prompts=args.prompts, mode="global" if args.global_only else "local+global",
-                    batch_size=args.batch_size, device=args.device, num_workers=workers, scores=args.scores,
-                    calibration=args.calibration, features=args.features)
+    if args.onnx:
+        from ..export import OnnxTagger
+
+        tagger = OnnxTagger(args.onnx, batch_size=args.batch_size, num_workers=workers)
+        if (args.labels is not None or args.labels_file is not None):
+            from ..prompts import clean_labels
+
+            if clean_labels(read_labels(args)) != tagger.labels:
+                raise UsageError(f"{args.onnx} scores the labels it was exported with ({', '.join(tagger.labels[:5])}"
+                                 f"{', ...' if len(tagger.labels) > 5 else ''}); drop --labels or export again")
+    else:
+        tagger = Tagger(read_labels(args), model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
+                        prompts=args.prompts, mode="global" if args.global_only else "local+global",
+                        batch_size=args.batch_size, device=args.device, num_workers=workers, scores=args.scores,
+                        calibration=args.calibration, features=args.features)
+    if args.resume:
+        check_resume_identity(Path(args.output), run_identity(args, tagger), bool(done))
     if done:
         print(f"sigrl tag: resuming {args.output}: {len(done)} image(s) already there", file=sys.stderr)
     skipped = 0

@@ -121,19 +121,19 @@ class AdapterHead(_ConfigMixin, nn.Module):
         self.global_adapter = ResidualMLP(embed_dim, hidden, dropout)
         self.local_adapter = None if self.shared else ResidualMLP(embed_dim, hidden, dropout)
 
-    def forward(
-        self,
-        global_feats: torch.Tensor,
-        local_feats: torch.Tensor | None,
-        label_emb: torch.Tensor,
-        *,
-        label_names: list[str] | None = None,  # unused: same signature as SigRLHead
-        return_extras: bool = False,
-    ):
-        check_features("AdapterHead", self.embed_dim, global_feats, local_feats, label_emb,
+    def prepare_labels(self, label_emb: torch.Tensor, label_names: list[str] | None = None, *,
+                       extras: bool = False) -> dict:
+        """The label side (labels alone): ``T`` (C, D) normalised; as :meth:`SigRLHead.prepare_labels`."""
+        p = self.global_adapter.fc1.weight
+        return {"T": Fn.normalize(label_emb.to(device=p.device, dtype=p.dtype), dim=-1)}
+
+    def score_prepared(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, labels: dict, *,
+                       return_extras: bool = False):
+        """The image side: features (B, D), (B, P, D) and :meth:`prepare_labels`' dict -> logits (B, C)."""
+        check_features("AdapterHead", self.embed_dim, global_feats, local_feats, labels["T"],
                        need_local=self.mode != "global")
         p = self.global_adapter.fc1.weight
-        T = Fn.normalize(label_emb.to(device=p.device, dtype=p.dtype), dim=-1)
+        T = labels["T"]
         g = self.global_adapter(Fn.normalize(global_feats.to(device=p.device, dtype=p.dtype), dim=-1))
         L = s_l = None
         if self.mode != "global" or (return_extras and local_feats is not None):
@@ -156,3 +156,17 @@ class AdapterHead(_ConfigMixin, nn.Module):
             F = torch.einsum("bcp,bpd->bcd", attn, L)
         return logits, {"local": s_l, "global": s_g, "global_feats": g, "local_feats": L, "label_feats": F,
                         "scale": scale}
+
+    def forward(
+        self,
+        global_feats: torch.Tensor,
+        local_feats: torch.Tensor | None,
+        label_emb: torch.Tensor,
+        *,
+        label_names: list[str] | None = None,  # unused: same signature as SigRLHead
+        return_extras: bool = False,
+    ):
+        check_features("AdapterHead", self.embed_dim, global_feats, local_feats, label_emb,
+                       need_local=self.mode != "global")
+        return self.score_prepared(global_feats, local_feats, self.prepare_labels(label_emb),
+                                   return_extras=return_extras)

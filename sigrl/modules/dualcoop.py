@@ -131,12 +131,19 @@ class DualCoOpPrompts(LearnedPrompts):
             out = out[:, 0]
         return out[0], out[1]
 
-    def score(self, global_feats, local_feats, labels, **match_options) -> torch.Tensor:
-        """(B, C) DualCoOp logits (``match_options`` do not apply and are ignored)."""
+    def label_tensors(self, labels: list[str]) -> dict[str, torch.Tensor]:
+        """``{"T": T+ (C, D), "T_neg": T- (C, D)}`` of one encoder call."""
         pos, neg = self.pair(list(labels))
+        return {"T": pos, "T_neg": neg}
+
+    def score_prepared(self, global_feats, local_feats, label_tensors: dict, **match_options) -> torch.Tensor:
+        """(B, C) DualCoOp logits (``match_options`` do not apply and are ignored)."""
         dev = local_feats.device if local_feats is not None else global_feats.device
-        return dualcoop_logits(local_feats, pos.to(dev), neg.to(dev), spatial_scale=self.spatial_scale,
-                               logit_scale=self.logit_scale)
+        return dualcoop_logits(local_feats, label_tensors["T"].to(dev), label_tensors["T_neg"].to(dev),
+                               spatial_scale=self.spatial_scale, logit_scale=self.logit_scale)
+
+    def combine_prepared(self, head_logits, global_feats, local_feats, label_tensors: dict) -> torch.Tensor:
+        return head_logits + self.score_prepared(global_feats, local_feats, label_tensors).to(head_logits.dtype)
 
     def combine_with_head(self, head_logits, global_feats, local_feats, labels) -> torch.Tensor:
         """With a head trained jointly (it consumed ``self(labels)`` = T+): head logit + DualCoOp's."""

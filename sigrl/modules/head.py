@@ -276,27 +276,34 @@ class SigRLHead(_ConfigMixin, nn.Module):
                            threshold=self.cooc_threshold)
 
     # ---------------------------------------------------------------------- forward
-    def forward(
-        self,
-        global_feats: torch.Tensor,
-        local_feats: torch.Tensor | None,
-        label_emb: torch.Tensor,
-        *,
-        label_names: list[str] | None = None,
-        return_extras: bool = False,
-    ):
-        check_features("SigRLHead", self.embed_dim, global_feats, local_feats, label_emb,
-                       need_local=self.mode != "global" or return_extras)
+    def prepare_labels(self, label_emb: torch.Tensor, label_names: list[str] | None = None, *,
+                       extras: bool = False) -> dict:
+        """The label side of a call, which depends on the labels alone: ``T`` (C, D)
+        normalised, the graph, ``T_g`` = GMC(T, graph) (C, D) and the scoring anchors.
+        Computed once per label set by :meth:`sigrl.scorer.Scorer.prepare` (tagging, export);
+        in eval mode ``score_prepared(g, L, prepare_labels(T))`` equals ``forward(g, L, T)``.
+        ``extras``: build the graph side even where the scores do not need it (mode "global")."""
         w = self.svfr.fuse_proj.weight
-        g = Fn.normalize(global_feats.to(device=w.device, dtype=w.dtype), dim=-1)
         T = Fn.normalize(label_emb.to(device=w.device, dtype=w.dtype), dim=-1)
-        need_svfr = self.mode != "global" or return_extras
-        graph = T_g = R = F = s_l = None
-        if need_svfr or self.score_with == "graph":
+        graph = T_g = None
+        if self.mode != "global" or self.score_with == "graph" or extras:
             graph = self.label_graph(T, label_names)
             T_g = self.gmc(T, graph)
         anchors = T if self.score_with == "text" else Fn.normalize(T_g, dim=-1)
-        if need_svfr:
+        return {"T": T, "T_g": T_g, "graph": graph, "anchors": anchors}
+
+    def score_prepared(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, labels: dict, *,
+                       return_extras: bool = False):
+        """The image side: features (B, D), (B, P, D) and :meth:`prepare_labels`' dict -> logits (B, C)."""
+        check_features("SigRLHead", self.embed_dim, global_feats, local_feats, labels["T"],
+                       need_local=self.mode != "global" or return_extras)
+        w = self.svfr.fuse_proj.weight
+        g = Fn.normalize(global_feats.to(device=w.device, dtype=w.dtype), dim=-1)
+        T, T_g, anchors = labels["T"], labels["T_g"], labels["anchors"]
+        R = F = s_l = None
+        if self.mode != "global" or return_extras:
+            if T_g is None:
+                raise UsageError("return_extras with mode='global' needs prepare_labels(..., extras=True)")
             L = local_feats.to(device=w.device, dtype=w.dtype)
             if self.normalize_tokens:
                 L = Fn.normalize(L, dim=-1)
@@ -310,5 +317,19 @@ class SigRLHead(_ConfigMixin, nn.Module):
         if not return_extras:
             return logits
         extras = {"label_feats": F, "label_graph_feats": T_g, "recon": R, "local": s_l, "global": s_g,
-                  "graph": graph, "scale": scale}
+                  "graph": labels["graph"], "scale": scale}
         return logits, extras
+
+    def forward(
+        self,
+        global_feats: torch.Tensor,
+        local_feats: torch.Tensor | None,
+        label_emb: torch.Tensor,
+        *,
+        label_names: list[str] | None = None,
+        return_extras: bool = False,
+    ):
+        check_features("SigRLHead", self.embed_dim, global_feats, local_feats, label_emb,
+                       need_local=self.mode != "global" or return_extras)
+        labels = self.prepare_labels(label_emb, label_names, extras=return_extras)
+        return self.score_prepared(global_feats, local_feats, labels, return_extras=return_extras)

@@ -132,8 +132,20 @@ class PromptLearner(nn.Module):
     def score(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, labels: list[str],
               **match_options) -> torch.Tensor:
         """Scores (B, C) without a head: CLIP local+global matching with this learner's T."""
-        T = self(list(labels))
-        return match_scores(global_feats, local_feats, T.to(global_feats.device), **match_options)
+        return self.score_prepared(global_feats, local_feats, self.label_tensors(list(labels)), **match_options)
+
+    # -- the label side once, the image side per batch (sigrl.scorer.Scorer.prepare) ---------
+    def label_tensors(self, labels: list[str]) -> dict[str, torch.Tensor]:
+        """What scoring needs of a label set, computed once: ``{"T": (C, D)}``."""
+        return {"T": self(list(labels))}
+
+    def score_prepared(self, global_feats, local_feats, label_tensors: dict, **match_options) -> torch.Tensor:
+        """:meth:`score` on :meth:`label_tensors`' output."""
+        return match_scores(global_feats, local_feats, label_tensors["T"].to(global_feats.device), **match_options)
+
+    def combine_prepared(self, head_logits: torch.Tensor, global_feats, local_feats, label_tensors: dict) -> torch.Tensor:
+        """:meth:`combine_with_head` on :meth:`label_tensors`' output."""
+        return head_logits
 
     def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """What a tagger shows for the head-less :meth:`score`: the matching rule's own scores."""

@@ -63,7 +63,8 @@ def combine_scores(s_l: torch.Tensor | None, s_g: torch.Tensor | None, scale: to
     logps = [torch.log_softmax(scale * s, dim=-1) for s in parts]
     if len(logps) == 1:
         return logps[0]
-    return torch.logaddexp(logps[0], logps[1]) - math.log(2.0)
+    # log((p1 + p2) / 2) as a logsumexp over the pair (ONNX has ReduceLogSumExp, no logaddexp)
+    return torch.logsumexp(torch.stack(logps), dim=0) - math.log(2.0)
 
 
 def check_features(who: str, embed_dim: int, global_feats, local_feats, label_emb, *, need_local: bool):

@@ -247,6 +247,8 @@ def decouple(L, T, W1, b1=None, *, chunk_size: int | None = None) -> torch.Tenso
     (:func:`auto_chunk_size`)."""
     B, P, D = L.shape
     chunk = chunk_size or auto_chunk_size(B, P, D)
+    if torch.jit.is_tracing():  # ONNX export: plain formulas per chunk (no buffer sized by the traced batch)
+        return torch.cat([decouple_naive(L, T[s:s + chunk], W1, b1) for s in range(0, T.shape[0], chunk)], dim=1)
     return _Decouple.apply(L, T, W1, b1, int(chunk))
 
 
@@ -256,6 +258,8 @@ def reconstruct(L, U, W3, b3=None, *, chunk_size: int | None = None) -> torch.Te
     L: (B, P, D), U: (B, C, D) -> R: (B, P, D)."""
     B, P, D = L.shape
     chunk = chunk_size or auto_chunk_size(B, P, D)
+    if torch.jit.is_tracing():  # ONNX export: plain formulas per chunk, summed over the chunks
+        return sum(reconstruct_naive(L, U[:, s:s + chunk], W3, b3) for s in range(0, U.shape[1], chunk))
     return _Reconstruct.apply(L, U, W3, b3, int(chunk))
 
 
