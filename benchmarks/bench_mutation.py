@@ -22,7 +22,7 @@ Arguments: each SRC is a path relative to the repository root; its tests are giv
 ``=`` (comma-separated) or else found by name: ``tests/test_<stem>.py``,
 ``tests/test_math_<stem>*.py`` and the entries of ``DEFAULT_TESTS`` below. Without
 arguments the default set is used: ``sigrl/modules/*.py``, ``sigrl/metrics.py``,
-``sigrl/losses/*.py``, the resume code (``sigrl/checkpoint.py``, ``sigrl/resume.py``) and
+``sigrl/losses/*.py``, the resume code (``sigrl/checkpoint.py``, ``sigrl/state.py``) and
 the scorer (``sigrl/scorer.py``); files that do not exist (yet) are reported and skipped,
 and so are source files without any test file.
 
@@ -53,7 +53,7 @@ DEFAULT_SOURCES = [
     "sigrl/metrics.py",
     "sigrl/losses/*.py",
     "sigrl/checkpoint.py",
-    "sigrl/resume.py",
+    "sigrl/state.py",
     "sigrl/scorer.py",
 ]
 
@@ -70,7 +70,7 @@ DEFAULT_TESTS = {
     "sigrl/modules/adapter.py": ["tests/test_head.py", "tests/test_transport.py"],
     "sigrl/modules/matching.py": ["tests/test_head.py"],
     "sigrl/checkpoint.py": ["tests/test_train.py", "tests/test_hardening_crash.py"],
-    "sigrl/resume.py": ["tests/test_train.py", "tests/test_hardening_crash.py"],
+    "sigrl/state.py": ["tests/test_train.py", "tests/test_hardening_crash.py"],
     "sigrl/scorer.py": ["tests/test_bench.py"],
 }
 

@@ -271,8 +271,6 @@ def test_wan_value_and_gradient(seed, gamma):
     assert_close(g_ours, g_ref)
 
 
-@pytest.mark.xfail(strict=True, reason="WAN builds its weight matrix with torch.where(unobs, gamma, 1.0), "
-                   "a float32 tensor, so a float64 loss uses gamma rounded to float32 (0.3 -> 0.30000001192)")
 @pytest.mark.parametrize("gamma,c", [(0.3, 5), (None, 4)])  # 1/3 is not exact in float32 either
 def test_wan_float64_keeps_the_weight_in_float64(gamma, c):
     x, obs = make_case(4, c=c)
@@ -593,8 +591,9 @@ def test_em_apl_config_bounds():
         AsymmetricPseudoLabelLoss(num_images=2, num_classes=1, neg_proportion=1.01)
 
 
-@pytest.mark.xfail(strict=True, reason="EM+APL records predictions with .float() into its buffers; after "
-                   "module.double() (or .to(torch.float64)) the buffer is float64 and index_put fails")
 def test_em_apl_after_module_double():
     loss = AsymmetricPseudoLabelLoss(num_images=2, num_classes=2).double()
-    loss(torch.zeros(2, 2, dtype=DT), torch.zeros(2, 2, dtype=DT), index=torch.arange(2), epoch=0)
+    x = torch.tensor([[0.3, -1.2], [2.0, 0.0]], dtype=DT)
+    loss(x, torch.zeros(2, 2, dtype=DT), index=torch.arange(2), epoch=0)
+    assert loss.recorded_prob.dtype == torch.float64
+    assert_close(loss.recorded_prob, 1.0 / (1.0 + torch.exp(-x)), tol=1e-15)

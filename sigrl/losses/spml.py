@@ -184,7 +184,8 @@ class WeightedAssumeNegativeLoss(_SPMLLoss):
         num_classes = logits.shape[1]
         gamma = self.neg_weight if self.neg_weight is not None else 1.0 / max(num_classes - 1, 1)
         per_entry = torch.where(pos, _pos_term(logits), _neg_term(logits))
-        per_entry = per_entry * torch.where(unobs, gamma, 1.0).to(logits.dtype)
+        weight = torch.where(unobs, torch.full_like(logits, gamma), torch.ones_like(logits))  # in the logits' dtype
+        per_entry = per_entry * weight
         return per_entry.sum() / max(logits.numel(), 1)
 
 
@@ -481,7 +482,7 @@ class AsymmetricPseudoLabelLoss(_SPMLLoss):
             index = _require_index(index, logits, self.num_images, "em_apl")
             self._maybe_update(epoch)
             with torch.no_grad():
-                self.recorded_prob[index] = torch.sigmoid(logits.detach()).float()
+                self.recorded_prob[index] = torch.sigmoid(logits.detach()).to(self.recorded_prob.dtype)
                 self.recorded_observed[index] = observed.to(torch.int8)
                 self.recorded[index] = True
             pseudo = self.pseudo_mask[index] & unobs
