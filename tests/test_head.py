@@ -301,3 +301,28 @@ def test_logit_bias_shifts_every_logit_and_lets_bce_fit_a_positive(cls):
     assert (torch.sigmoid(biased(g, L, T))[:, 0] > 0.5).all()
     with pytest.raises(ConfigError):
         make(logit_bias=float("nan"))
+
+
+def test_ablations_switch_off_svfr_and_the_graph():
+    """ablate=["svfr"]: the local score is plain top-k patch matching of L (no reconstruction);
+    ablate=["graph"]: the GMC weights no longer matter and SVFR gets T_g = T."""
+    g, L, T = _feats(B=2, P=6, C=4, seed=3)
+    head = _head(combine="mean", logit_scale=1.0, ablate=["svfr"])
+    logits, ex = head(g, L, T, return_extras=True)
+    Ln = Fn.normalize(L, dim=-1)
+    want_local = torch.stack([torch.stack([(Ln[b] @ T[c]).topk(3).values.mean() for c in range(4)])
+                              for b in range(2)])
+    torch.testing.assert_close(ex["local"], want_local)
+    torch.testing.assert_close(logits, (want_local + g @ T.t()) / 2)
+
+    a = _head(ablate="graph")
+    b = _head(ablate="graph")
+    _randomize(b.gmc, seed=7)  # other GMC weights: no effect once the graph is off
+    torch.testing.assert_close(a(g, L, T), b(g, L, T))
+    R, _ = a.svfr(Ln, T, T)  # SVFR with T_g = T, by hand through its own inputs
+    assert (a(g, L, T) - _head()(g, L, T)).abs().max() > 1e-4  # and it differs from the full head
+    _, ex = a(g, L, T, return_extras=True)
+    torch.testing.assert_close(ex["recon"], Fn.normalize(R, dim=-1))
+    assert SigRLHead.from_config(json.loads(json.dumps(a.config))).ablate == ("graph",)
+    with pytest.raises(ConfigError):
+        _head(ablate=["gmc"])

@@ -73,6 +73,10 @@ from sigrl.modules.svfr import SVFR
 
 SCORE_WITH = ("text", "graph")
 PRESETS = ("reference", "ours")
+#: ablations (``ablate=[...]``; the head is then no longer SigRL): ``"graph"`` sets
+#: T_g = T (no GMC, no label graph); ``"svfr"`` sets R = L (no reconstruction: the local
+#: score is CLIP's top-k patch matching). ``mode="global"`` is the third one (local off).
+ABLATIONS = ("graph", "svfr")
 #: the defaults each preset gives to the options left as None
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "reference": {"gnn": "gatv2", "graph": "complete", "combine": "l2", "gmc_dropout": 0.3},
@@ -122,7 +126,7 @@ class SigRLHead(_ConfigMixin, nn.Module):
 
     _CONFIG_KEYS = ("embed_dim", "preset", "gnn", "graph", "knn", "top_k", "chunk_size", "mode", "hidden",
                     "heads", "gmc_dropout", "dense", "cooc_threshold", "logit_scale", "learn_logit_scale",
-                    "logit_bias", "score_with", "combine", "naive", "label_prior_names")
+                    "logit_bias", "score_with", "combine", "naive", "label_prior_names", "ablate")
 
     def __init__(
         self,
@@ -147,6 +151,7 @@ class SigRLHead(_ConfigMixin, nn.Module):
         combine: str | None = None,
         naive: bool = False,
         label_prior_names: list[str] | None = None,
+        ablate: list[str] | tuple[str, ...] = (),
     ):
         super().__init__()
         if not isinstance(embed_dim, int) or embed_dim < 1:
@@ -177,6 +182,11 @@ class SigRLHead(_ConfigMixin, nn.Module):
             raise ConfigError(f"gmc_dropout must be in [0, 1), got {gmc_dropout!r}")
         if preset == "ours" and gmc_dropout != 0.0:
             raise ConfigError("gmc_dropout applies to preset='reference' only (our GMC has no dropout)")
+        ablate = [ablate] if isinstance(ablate, str) else list(ablate)
+        for part in ablate:
+            _check_choice("ablate", part, ABLATIONS)
+        #: parts switched off for ablation studies (not SigRL: see ABLATIONS)
+        self.ablate = tuple(sorted(set(ablate)))
         self.embed_dim, self.preset, self.gnn, self.graph = embed_dim, preset, gnn, graph
         self.knn, self.top_k, self.chunk_size, self.mode = knn, top_k, chunk_size, mode
         self.hidden, self.heads, self.gmc_dropout, self.dense = hidden, heads, gmc_dropout, dense
@@ -286,7 +296,9 @@ class SigRLHead(_ConfigMixin, nn.Module):
         w = self.svfr.fuse_proj.weight
         T = Fn.normalize(label_emb.to(device=w.device, dtype=w.dtype), dim=-1)
         graph = T_g = None
-        if self.mode != "global" or self.score_with == "graph" or extras:
+        if "graph" in self.ablate:
+            T_g = T
+        elif self.mode != "global" or self.score_with == "graph" or extras:
             graph = self.label_graph(T, label_names)
             T_g = self.gmc(T, graph)
         anchors = T if self.score_with == "text" else Fn.normalize(T_g, dim=-1)
@@ -307,7 +319,7 @@ class SigRLHead(_ConfigMixin, nn.Module):
             L = local_feats.to(device=w.device, dtype=w.dtype)
             if self.normalize_tokens:
                 L = Fn.normalize(L, dim=-1)
-            R, F = self.svfr(L, T, T_g)
+            R, F = (L, None) if "svfr" in self.ablate else self.svfr(L, T, T_g)
             if self.normalize_tokens:
                 R = Fn.normalize(R, dim=-1)
             s_l = local_scores(R, anchors, self.top_k)
