@@ -183,3 +183,29 @@ def test_auto_chunk_size_and_errors():
         SVFR(4, chunk_size=0)
     with pytest.raises(UsageError):
         SVFR(4)(torch.randn(2, 3, 4), torch.randn(5, 4), torch.randn(6, 4))
+
+
+def test_traced_svfr_runs_the_plain_formulas_at_any_batch():
+    """Under torch.jit.trace (the ONNX export) steps 1 and 3 take the per-chunk plain
+    formulas; the graph traced at B=2 must give the naive SVFR's values at B=3 (a buffer
+    sized by the traced batch, or a chunk lost or doubled, would not)."""
+    a, b = _module_pair(D=4, chunk=3)  # C=7: chunks of 3, 3 and 1
+    g = torch.Generator().manual_seed(5)
+    T = torch.randn(7, 4, generator=g, dtype=DT)
+    T_g = torch.randn(7, 4, generator=g, dtype=DT)
+    L2 = torch.randn(2, 5, 4, generator=g, dtype=DT)
+    L3 = torch.randn(3, 5, 4, generator=g, dtype=DT)
+    class Fixed(torch.nn.Module):  # the labels as constants, as export.ScoreGraph has them
+        def __init__(self):
+            super().__init__()
+            self.svfr = a
+
+        def forward(self, L):
+            return self.svfr(L, T, T_g)
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Fixed(), (L2,), check_trace=False)
+        R, F = traced(L3)
+        Rb, Fb = b(L3, T, T_g)
+    torch.testing.assert_close(R, Rb)
+    torch.testing.assert_close(F, Fb)
