@@ -66,7 +66,7 @@ DEFAULT_TESTS = {
     "sigrl/losses/__init__.py": ["tests/test_spml_losses.py"],
     "sigrl/losses/asl.py": ["tests/test_prompt_learners.py"],
     "sigrl/modules/svfr.py": ["tests/test_svfr.py", "tests/test_reference_svfr.py"],
-    "sigrl/modules/gmc.py": ["tests/test_gmc.py", "tests/test_reference_gmc.py"],
+    "sigrl/modules/gmc.py": ["tests/test_gmc.py", "tests/test_reference_gmc.py", "tests/test_math_graphs.py"],
     "sigrl/modules/head.py": ["tests/test_head.py", "tests/test_reference_head.py"],
     "sigrl/modules/adapter.py": ["tests/test_head.py", "tests/test_transport.py"],
     "sigrl/modules/matching.py": ["tests/test_head.py", "tests/test_reference_head.py"],
