@@ -147,3 +147,39 @@ def test_registry_builds_it():
     # the registry's uniform call: extra keyword arguments are accepted
     out = loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[1, -1]]), index=torch.tensor([0]), epoch=0)
     assert out.item() == pytest.approx(0.0)
+
+
+def test_pairs_normalisation_with_one_pair_and_without_any():
+    """normalize="pairs": an image with a single (positive, negative) pair counts that pair
+    in full; with no pair anywhere the loss is an exact zero that still has a gradient."""
+    from sigrl.losses.ranking import RankingLoss as RL
+
+    z = torch.tensor([[0.2, 0.5, 0.0], [1.0, -1.0, 0.3]], requires_grad=True)
+    y = torch.tensor([[1.0, -1.0, 0.0], [1.0, -1.0, -1.0]])
+    # image 0: one pair, hinge 1 - 0.2 + 0.5 = 1.3; image 1: pairs (0,1): 0 and (0,2): 1 - 1 + 0.3 = 0.3 -> 0.15
+    per = RL(normalize="pairs", reduction="none")(z, y)
+    assert per.tolist() == pytest.approx([1.3, 0.15])
+    assert RL(normalize="pairs")(z, y).item() == pytest.approx((1.3 + 0.15) / 2)
+    none = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+    loss = RL(normalize="pairs")(z, none)
+    assert loss.item() == 0.0 and math.isfinite(loss.item())
+    loss.backward()
+    assert z.grad is not None and float(z.grad.abs().sum()) == 0.0
+
+
+def test_ranking_loss_messages_say_what_to_fix():
+    from sigrl.errors import ConfigError, DataError, UsageError
+    from sigrl.losses.ranking import RankingLoss as RL
+
+    with pytest.raises(ConfigError, match="ranking loss: margin must be a number, got 'wide'"):
+        RL(margin="wide")
+    with pytest.raises(ConfigError, match="ranking loss: kind must be one of hinge, softplus, got 'l2'"):
+        RL(kind="l2")
+    with pytest.raises(ConfigError, match="ranking loss: reduction must be one of mean, none, got 'sum'"):
+        RL(reduction="sum")
+    with pytest.raises(ConfigError, match="ranking loss: normalize must be one of violating, pairs, got 'all'"):
+        RL(normalize="all")
+    with pytest.raises(UsageError, match=r"ranking loss: logits and targets must both be \(B, C\), got \(2, 3\) and \(2, 2\)"):
+        RL()(torch.zeros(2, 3), torch.zeros(2, 2))
+    with pytest.raises(DataError, match=r"ranking loss: targets must hold \+1 \(positive\), -1 \(negative\) or 0"):
+        RL()(torch.zeros(1, 2), torch.tensor([[2.0, 0.0]]))
