@@ -69,7 +69,7 @@ DEFAULT_TESTS = {
     "sigrl/modules/gmc.py": ["tests/test_gmc.py", "tests/test_reference_gmc.py", "tests/test_math_graphs.py"],
     "sigrl/modules/head.py": ["tests/test_head.py", "tests/test_reference_head.py"],
     "sigrl/modules/adapter.py": ["tests/test_head.py", "tests/test_transport.py"],
-    "sigrl/modules/matching.py": ["tests/test_head.py", "tests/test_reference_head.py"],
+    "sigrl/modules/matching.py": ["tests/test_head.py", "tests/test_reference_head.py", "tests/test_math_matching.py"],
     "sigrl/modules/scoring.py": ["tests/test_prompt_learners.py", "tests/test_head.py",
                                  "tests/test_reference_head.py"],
     "sigrl/modules/prompt_learner.py": ["tests/test_prompt_learners.py"],
