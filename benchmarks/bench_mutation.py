@@ -76,7 +76,8 @@ DEFAULT_TESTS = {
     "sigrl/modules/dualcoop.py": ["tests/test_prompt_learners.py"],
     "sigrl/checkpoint.py": ["tests/test_train.py", "tests/test_hardening_crash.py"],
     "sigrl/state.py": ["tests/test_train.py", "tests/test_hardening_crash.py"],
-    "sigrl/scorer.py": ["tests/test_bench.py", "tests/test_zero_shot_rule.py", "tests/test_tag_independence.py"],
+    "sigrl/scorer.py": ["tests/test_bench.py", "tests/test_zero_shot_rule.py", "tests/test_tag_independence.py",
+                        "tests/test_tag.py", "tests/test_export_onnx.py", "tests/test_prompt_learners.py"],
 }
 
 # statuses of mutmut 3 (mutmut.stats.status_by_exit_code) grouped for the table
