@@ -3,7 +3,7 @@ local off, next to the full head, the adapter head and frozen CLIP matching.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ablation.py                 # seeds 1, 2 (not the tuning seed)
     OMP_NUM_THREADS=1 python benchmarks/bench_ablation.py --seeds 1 --json out.json
-    OMP_NUM_THREADS=1 python benchmarks/bench_ablation.py --seeds 1 --variants full,SVFR\ off --set train.epochs=8
+    OMP_NUM_THREADS=1 python benchmarks/bench_ablation.py --seeds 1 --variants "full,SVFR off" --set train.epochs=8
 
 Each seed builds the demo's world (its own seen/unseen split, the shipped world model),
 then trains the SigRL head of ``configs/world_zsl.yaml`` with the demo's budget
