@@ -128,3 +128,12 @@ def test_eval_json_holds_the_best_epochs_test_metrics(tmp_path):
     write_eval_json(tmp_path, best, selected_by=None, empty_class="zero", zero_shot=False)
     got = json.loads((tmp_path / "eval.json").read_text())
     assert got["selected_by"] == "last epoch" and got["zero_shot"] is False and got["empty_class"] == "zero"
+
+
+def test_progress_round_trip_keeps_the_session_count_and_recovered_labels():
+    p = Progress()
+    p.session, p.targets = 3, torch.tensor([[1, -1], [0, 1]], dtype=torch.int8)
+    q = Progress()
+    q.load_state_dict(p.state_dict())
+    assert q.session == 4 and torch.equal(q.targets, p.targets)
+    assert set(p.state_dict()) == {"epoch", "step", "session", "history", "best", "best_epoch", "targets"}
