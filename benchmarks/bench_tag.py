@@ -34,16 +34,30 @@ def make_images(directory: Path, n: int, size: int = 256) -> None:
         Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(directory / f"{i:05d}.jpg", quality=90)
 
 
+def time_tagging(tagger, image_dir: Path, n: int) -> float:
+    """Seconds for ``tagger.tag`` over the folder (after a one-image warm-up)."""
+    tagger.tag([image_dir / "00000.jpg"])
+    t0 = time.perf_counter()
+    results = tagger.tag([image_dir], top_k=5)
+    seconds = time.perf_counter() - t0
+    assert len(results) == n and not any(r.error for r in results)
+    return seconds
+
+
+def time_forward(forward, pixels, n: int, batch_size: int) -> float:
+    """Seconds for ``forward(pixels)`` on ready tensors, once per batch of n images (after a warm-up)."""
+    forward(pixels)
+    t0 = time.perf_counter()
+    for _ in range(0, n, batch_size):
+        forward(pixels)
+    return time.perf_counter() - t0
+
+
 def bench(backbone, name: str, image_dir: Path, n: int, n_labels: int, batch_size: int, workers: int = 0) -> dict:
     from sigrl.tagging import Tagger
 
     labels = [f"label number {i}" for i in range(n_labels)]
-    tagger = Tagger(labels, backbone=backbone, batch_size=batch_size, num_workers=workers)
-    tagger.tag([image_dir / "00000.jpg"])  # warm-up
-    t0 = time.perf_counter()
-    results = tagger.tag([image_dir], top_k=5)
-    t_tag = time.perf_counter() - t0
-    assert len(results) == n and not any(r.error for r in results)
+    t_tag = time_tagging(Tagger(labels, backbone=backbone, batch_size=batch_size, num_workers=workers), image_dir, n)
     from sigrl.images import load_image
 
     files = sorted(image_dir.glob("*.jpg"))
@@ -52,12 +66,7 @@ def bench(backbone, name: str, image_dir: Path, n: int, n_labels: int, batch_siz
         backbone.preprocess(load_image(f))
     t_load = time.perf_counter() - t0
     size = backbone.preprocess_config.image_size
-    pixels = torch.randn(batch_size, 3, size, size)
-    backbone.encode_images(pixels)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(0, n, batch_size):
-        backbone.encode_images(pixels)
-    t_fwd = time.perf_counter() - t0
+    t_fwd = time_forward(backbone.encode_images, torch.randn(batch_size, 3, size, size), n, batch_size)
     return {"model": name, "workers": workers, "images": n, "labels": n_labels, "batch_size": batch_size,
             "tag_images_per_s": n / t_tag, "forward_images_per_s": n / t_fwd,
             "overhead_pct": 100 * (t_tag - t_fwd) / t_fwd,
@@ -73,18 +82,11 @@ def bench_onnx(backbone, name: str, image_dir: Path, n: int, n_labels: int, batc
     out = tmp / f"onnx-{name}"
     export_onnx(backbone, out, tagger=Tagger(labels, backbone=backbone, batch_size=batch_size))
     tagger = OnnxTagger(out, batch_size=batch_size, threads=threads, num_workers=workers)
-    tagger.tag([image_dir / "00000.jpg"])  # warm-up
-    t0 = time.perf_counter()
-    results = tagger.tag([image_dir], top_k=5)
-    t_tag = time.perf_counter() - t0
-    assert len(results) == n and not any(r.error for r in results)
+    t_tag = time_tagging(tagger, image_dir, n)
     size = backbone.preprocess_config.image_size
     pixels = np.random.default_rng(0).standard_normal((batch_size, 3, size, size)).astype("float32")
-    tagger.towers.score_features(*tagger.towers.encode_images(pixels))  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(0, n, batch_size):
-        tagger.towers.score_features(*tagger.towers.encode_images(pixels))
-    t_fwd = time.perf_counter() - t0
+    towers = tagger.towers
+    t_fwd = time_forward(lambda x: towers.score_features(*towers.encode_images(x)), pixels, n, batch_size)
     return {"model": f"{name} onnx", "workers": workers, "images": n, "labels": n_labels, "batch_size": batch_size,
             "tag_images_per_s": n / t_tag, "forward_images_per_s": n / t_fwd,
             "overhead_pct": 100 * (t_tag - t_fwd) / t_fwd, "load_preprocess_ms_per_image": float("nan"),

@@ -228,15 +228,10 @@ class OnnxTagger:
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
-        from .images import find_images
-        from .tagging import TagResult, _collate, _ImageFiles, block_results
+        from .tagging import _collate, _ImageFiles, block_results, find_inputs
 
-        paths, problems = find_images([str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)])
-        for item, reason in problems:
-            if not skip or not skip(item):
-                yield TagResult(item, error=reason, scores=self.kind)
-        if skip:
-            paths = [p for p in paths if not skip(str(p))]
+        paths, unusable = find_inputs(inputs, skip, self.kind)
+        yield from unusable
         fill = -math.inf if threshold is None else threshold
         own = dict(zip(self.labels, self.towers.info["thresholds"]))
         own.update(thresholds or {})

@@ -100,6 +100,17 @@ def block_results(items, good: list[int], S: torch.Tensor | None, labels: list[s
         yield TagResult(str(path), [(labels[j], v) for v, j in zip(vs, js) if v >= cut[j]], scores=kind)
 
 
+def find_inputs(inputs, skip, kind: str) -> tuple[list[Path], list[TagResult]]:
+    """The image files of ``inputs`` (files, folders, globs; one or a list) that ``skip``
+    (a function of ``str(path)``, or None) does not skip, and an error record for each
+    input that gives no image."""
+    paths, problems = find_images([str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)])
+    unusable = [TagResult(item, error=reason, scores=kind) for item, reason in problems if not skip or not skip(item)]
+    if skip:
+        paths = [p for p in paths if not skip(str(p))]
+    return paths, unusable
+
+
 class _ImageFiles(Dataset):
     """(i, pixels or None, error or None): one image read, decoded and preprocessed."""
 
@@ -217,12 +228,12 @@ class Tagger:
     def set_labels(self, labels) -> None:
         """Score against another label set (each label keeps its own score and map)."""
         self.labels = clean_labels(labels)
-        anchors = list(NEUTRAL_ANCHORS) if self.head is None else None
         with torch.no_grad():
             self.label_emb = self.scorer.text(self.labels)
             # the label side once per label set (prompt embeddings, the head's label graph)
-            self.prepared = (self.scorer.prepare(self.labels, independent=True, anchors=anchors)
-                             if self.kind == "independent" else self.scorer.prepare(self.labels))
+            self.prepared = self._prepare_independent() if self.kind == "independent" else \
+                self.scorer.prepare(self.labels)
+        self._independent = self.prepared if self.kind == "independent" else None  # built on first raw_scores
         if self.calibration is not None:
             a, b = self.calibration.maps(self.labels)
         else:
@@ -254,10 +265,15 @@ class Tagger:
     def raw_scores(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
         """(B, D), (B, P, D) -> (B, C) each label's own score, before the map
         (:meth:`sigrl.scorer.Scorer.per_label`)."""
-        if self.kind != "independent":
-            anchors = list(NEUTRAL_ANCHORS) if self.head is None else None
-            return self.scorer.per_label(global_feats, local_feats, self.labels, anchors=anchors).float().cpu()
-        return self.prepared(global_feats, local_feats).float().cpu()
+        if self._independent is None:
+            self._independent = self._prepare_independent()
+        return self._independent(global_feats, local_feats).float().cpu()
+
+    def _prepare_independent(self):
+        """:meth:`sigrl.scorer.Scorer.prepare` of each label's own score (plain matching
+        relative to the neutral anchor words; a head's own logit)."""
+        anchors = list(NEUTRAL_ANCHORS) if self.head is None else None
+        return self.scorer.prepare(self.labels, independent=True, anchors=anchors)
 
     @torch.no_grad()
     def score_features(self, global_feats: torch.Tensor, local_feats: torch.Tensor) -> torch.Tensor:
@@ -388,12 +404,8 @@ class Tagger:
         (inputs matching nothing yield a result with an error). ``top_k`` 0 or None:
         every label; ``skip``: a function of an image name (``str(path)``), true for
         images not to tag again (a resumed run)."""
-        paths, problems = find_images([str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)])
-        for item, reason in problems:
-            if not skip or not skip(item):
-                yield TagResult(item, error=reason, scores=self.kind)
-        if skip:
-            paths = [p for p in paths if not skip(str(p))]
+        paths, unusable = find_inputs(inputs, skip, self.kind)
+        yield from unusable
         cut = self.label_thresholds(threshold, thresholds).tolist()
         for items, G, L, good in self.iter_features(paths, progress):
             S = self.score_features(G, L) if good else None
