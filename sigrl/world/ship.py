@@ -42,27 +42,27 @@ SHORT_NAMES = ("world", "world-v2")
 class ShipSpec:
     """The shipped model's recipe (every field is recorded in the manifest).
 
-    Phase 1: ``steps`` AdamW steps with linear warm-up (``warmup``) then cosine decay over
-    a horizon of ``schedule_steps``. Phase 2 (anneal): the weights rounded to fp16 (the
-    phase-1 checkpoint), a fresh AdamW, ``anneal_steps`` steps whose lr warms up over
-    ``anneal_warmup`` steps to phase 1's last lr and falls linearly to 0. (The shipped run
-    planned 1800 cosine steps; the shared 2-core machine ran it too slowly for its
-    deadline, so it was cut at step 800 and annealed — the recipe says exactly that.)
-    The batch order continues across the phases.
+    Phase 1: ``steps`` AdamW steps with linear warm-up (``warmup``) then cosine decay to 0
+    over a horizon of ``schedule_steps``. Phase 2 (anneal, optional; ``anneal_steps=0``
+    skips it): the weights rounded to fp16, a fresh AdamW, ``anneal_steps`` steps whose lr
+    warms up over ``anneal_warmup`` steps to phase 1's last lr and falls linearly to 0 (an
+    earlier shipped model was a cut cosine run finished this way). The shipped model is a
+    full 4,000-step cosine run on 100,000 corpus images, no phase 2. The batch order
+    continues across the phases.
     """
 
     arch: str = str(ARCH_JSON.name)
-    n_images: int = 50000
-    steps: int = 800
-    schedule_steps: int = 1800
-    anneal_steps: int = 200
+    n_images: int = 100000
+    steps: int = 4000
+    schedule_steps: int = 4000
+    anneal_steps: int = 0
     anneal_warmup: int = 20
     batch_size: int = 128
     lr: float = 2e-3
-    warmup: int = 100
+    warmup: int = 200
     weight_decay: float = 0.1
     seed: int = 0
-    checkpoint_every: int = 200
+    checkpoint_every: int = 500
 
     def to_dict(self) -> dict:
         return asdict(self)
