@@ -9,7 +9,7 @@ schedule, batch order) and stops after ``--steps`` steps of the same schedule, s
 10-step mean losses line up with the manifest's ``loss_every_10``. CPU float arithmetic
 differs a little with the thread count and the torch build, so the curves agree closely
 but not bit for bit; the check is a mean absolute difference of the 10-step means below
-``--tolerance`` (default 0.05). Drawing the 50,000-image corpus takes about two minutes
+``--tolerance`` (default 0.05). Drawing the 100,000-image corpus takes about a minute
 on one core before the first step.
 """
 from __future__ import annotations

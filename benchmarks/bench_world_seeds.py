@@ -16,10 +16,16 @@ standard deviation over the seeds (values in %), then checks the goals of issue 
 
 The world is a functional and comparative testbed, not a claim about real data.
 
-Measured 2026-12-02 (shipped model sha256 69ac3f82..., default rows, 2 CPU cores,
-1 thread, empty cache per seed; 370 s in all, 110-128 s a seed), mean ± sd over seeds 0,1,2 (%):
-
-
+Measured 2026-12-03 (shipped model sha256 b0921122..., default rows, 2 CPU cores, 1 thread,
+empty cache per seed, another 1-thread benchmark beside it; 345 s in all, 111-120 s a
+seed), mean ± sd over seeds 0, 1, 2 (%), ZSL / GZSL mAP: random 9.1 / 9.1, colour oracle
+21.2 / 20.8, shape oracle 17.6 / 17.1, CLIP matching 18.5 ± 4.4 / 18.3 ± 0.4 (global 18.0,
+local 26.5 ± 6.8 / 28.3), adapter 28.1 ± 4.7 / 34.1 ± 1.9, SigRL 28.9 ± 5.5 / 30.7 ± 1.4;
+on seeds 1, 2 alone: CLIP 19.3 / 18.2, adapter 26.8 / 34.4, SigRL 28.9 / 30.4. Single
+positive: full 47.3 ± 1.6, AN 32.5 ± 1.5, LL-R 32.5 ± 1.5, VLPL 34.9 ± 2.0 (16 % of the
+gap). Probes: colour 99.5, shape 81.2. Goals met: local > global, SigRL >= CLIP + 5 (ZSL,
+GZSL), SigRL > adapter (ZSL), AN -> full gap >= 5; missed: 2x colour oracle (0.87x),
+shape probe 0.9, SigRL > adapter on GZSL, 50 % of the single-positive gap.
 """
 from __future__ import annotations
 
@@ -69,8 +75,16 @@ def table(all_results: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), means
 
 
-def goals(m: dict) -> list[tuple[str, bool, str]]:
+TUNING_SEED = 0  # hyper-parameters were chosen on this seed's validation split
+
+
+def goals(m: dict, untuned: dict | None = None, untuned_name: str = "") -> list[tuple[str, bool, str]]:
+    """The issue's goals on the means ``m``; the head comparisons (SigRL vs CLIP matching and
+    vs the adapter) are judged on ``untuned`` (the means over the seeds not used for tuning)
+    when given, as the issue asks."""
     out = []
+    heads = untuned if untuned else m
+    where = f" on {untuned_name}" if untuned else ""
 
     def add(name, ok, detail):
         out.append((name, bool(ok), detail))
@@ -84,11 +98,12 @@ def goals(m: dict) -> list[tuple[str, bool, str]]:
         add("local alone > global alone (ZSL)", m["zsl/clip_local"] > m["zsl/clip_global"],
             f"{100 * m['zsl/clip_local']:.1f} vs {100 * m['zsl/clip_global']:.1f}")
     for s in ("zsl", "gzsl"):
-        if f"{s}/sigrl" in m:
-            add(f"SigRL >= CLIP + 5 ({s.upper()})", m[f"{s}/sigrl"] >= m[f"{s}/clip"] + 0.05,
-                f"{100 * m[f'{s}/sigrl']:.1f} vs {100 * m[f'{s}/clip']:.1f}")
-            add(f"SigRL > adapter ({s.upper()})", m[f"{s}/sigrl"] > m[f"{s}/adapter"],
-                f"{100 * m[f'{s}/sigrl']:.1f} vs {100 * m[f'{s}/adapter']:.1f}")
+        if f"{s}/sigrl" in heads:
+            h = heads
+            add(f"SigRL >= CLIP + 5 ({s.upper()}{where})", h[f"{s}/sigrl"] >= h[f"{s}/clip"] + 0.05,
+                f"{100 * h[f'{s}/sigrl']:.1f} vs {100 * h[f'{s}/clip']:.1f}")
+            add(f"SigRL > adapter ({s.upper()}{where})", h[f"{s}/sigrl"] > h[f"{s}/adapter"],
+                f"{100 * h[f'{s}/sigrl']:.1f} vs {100 * h[f'{s}/adapter']:.1f}")
     if "spml/full" in m and "spml/an" in m:
         gap = m["spml/full"] - m["spml/an"]
         add("AN -> full gap >= 5", gap >= 0.05, f"{100 * gap:.1f} points")
@@ -106,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true", help="every demo row")
     ap.add_argument("--out", default="bench-world-seeds")
     ap.add_argument("--json", help="write the per-seed results, means and goals here")
+    ap.add_argument("--reuse", action="store_true",
+                    help="read OUT/seed-N/results.json where it exists instead of running that seed again")
     args = ap.parse_args(argv)
     import torch
 
@@ -117,12 +134,24 @@ def main(argv=None) -> int:
     results = []
     for seed in seeds:
         t = time.time()
+        done = Path(args.out) / f"seed-{seed}" / "results.json"
+        if args.reuse and done.is_file():
+            results.append(json.loads(done.read_text(encoding="utf-8")))
+            print(f"seed {seed}: read {done}", file=sys.stderr, flush=True)
+            continue
         results.append(run_demo(seed=seed, output=Path(args.out) / f"seed-{seed}", full=args.full, progress=False))
         print(f"seed {seed}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
     text, means = table(results)
-    checks = goals(means)
+    untuned = [r for r, seed in zip(results, seeds) if seed != TUNING_SEED]
+    untuned_seeds = [seed for seed in seeds if seed != TUNING_SEED]
+    untuned_means = table(untuned)[1] if untuned and len(untuned) < len(results) else None
+    checks = goals(means, untuned_means, "seeds " + ", ".join(map(str, untuned_seeds)) + " (not used for tuning)")
     print(f"\nworld seeds {seeds}, {'full' if args.full else 'default'} demo rows, mean ± sd over seeds (%)\n")
     print(text)
+    if untuned_means:
+        print(f"\nseeds {untuned_seeds} (not used for tuning), mean ZSL / GZSL mAP: " + ", ".join(
+            f"{k} {100 * untuned_means[f'zsl/{k}']:.1f} / {100 * untuned_means[f'gzsl/{k}']:.1f}"
+            for k in ("clip", "clip_local", "adapter", "sigrl") if f"zsl/{k}" in untuned_means))
     print("\ngoals:")
     for name, ok, detail in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {name}: {detail}")
