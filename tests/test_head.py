@@ -326,3 +326,29 @@ def test_ablations_switch_off_svfr_and_the_graph():
     assert SigRLHead.from_config(json.loads(json.dumps(a.config))).ablate == ("graph",)
     with pytest.raises(ConfigError):
         _head(ablate=["gmc"])
+
+
+@pytest.mark.parametrize("preset", ["ours", "reference"])
+def test_svfr_input_scale_runs_svfr_on_scaled_tokens_and_scales_back(preset):
+    """svfr_input_scale=s: R and F are SVFR(s * L', T, T_g) / s (L' = the preset's tokens);
+    s = 1 is the plain head, and another s changes the scores (the tanh inputs grow)."""
+    g, L, T = _feats(B=2, P=6, C=4, seed=5)
+    L = L * 3.0  # raw tokens with a norm other than 1, so the reference preset's L' = L matters
+    plain = _head(preset=preset).eval()  # eval: the reference GMC's dropout off
+    scaled = _head(preset=preset, svfr_input_scale=4.0).eval()
+    scaled.load_state_dict(plain.state_dict())
+    _, ex = scaled(g, L, T, return_extras=True)
+    Lp = Fn.normalize(L, dim=-1) if preset == "ours" else L
+    T_g = ex["label_graph_feats"]
+    R, F = plain.svfr(4.0 * Lp, T, T_g)
+    torch.testing.assert_close(ex["label_feats"], F / 4.0)
+    want_R = Fn.normalize(R, dim=-1) if preset == "ours" else R / 4.0
+    torch.testing.assert_close(ex["recon"], want_R)
+    assert (scaled(g, L, T) - plain(g, L, T)).abs().max() > 1e-4
+    one = _head(preset=preset, svfr_input_scale=1).eval()
+    one.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(one(g, L, T), plain(g, L, T), rtol=0, atol=0)
+    assert SigRLHead.from_config(json.loads(json.dumps(scaled.config))).svfr_input_scale == 4.0
+    for bad in (0, -1.0, True, "2"):
+        with pytest.raises(ConfigError, match="svfr_input_scale must be a positive number"):
+            _head(preset=preset, svfr_input_scale=bad)

@@ -119,6 +119,11 @@ class SigRLHead(_ConfigMixin, nn.Module):
         combine: "l2" (reference), "softmax" (ours) or "mean"; see
             :mod:`sigrl.modules.scoring`.
         naive: SVFR by the plain formulas (memory B*P*C*D; for tests and benchmarks).
+        svfr_input_scale: s > 0; SVFR runs on ``s * L'`` and its outputs R and F are
+            divided by s (default 1: the reference computation). Only the tanh inputs of
+            SVFR steps 1 and 3 change: with per-patch normalised tokens they are ~1/D, so
+            SVFR's attention starts uniform and leaves it slowly; s = sqrt(D) makes them
+            ~1/sqrt(D). Not SigRL's computation when s != 1 (docs/fidelity.md).
         label_prior_names: names of a stored label prior (set by :meth:`set_label_prior`;
             given here only by :meth:`from_config`, which then expects the prior
             tensors from ``load_state_dict``).
@@ -126,7 +131,8 @@ class SigRLHead(_ConfigMixin, nn.Module):
 
     _CONFIG_KEYS = ("embed_dim", "preset", "gnn", "graph", "knn", "top_k", "chunk_size", "mode", "hidden",
                     "heads", "gmc_dropout", "dense", "cooc_threshold", "logit_scale", "learn_logit_scale",
-                    "logit_bias", "score_with", "combine", "naive", "label_prior_names", "ablate")
+                    "logit_bias", "score_with", "combine", "naive", "label_prior_names", "ablate",
+                    "svfr_input_scale")
 
     def __init__(
         self,
@@ -152,6 +158,7 @@ class SigRLHead(_ConfigMixin, nn.Module):
         naive: bool = False,
         label_prior_names: list[str] | None = None,
         ablate: list[str] | tuple[str, ...] = (),
+        svfr_input_scale: float = 1.0,
     ):
         super().__init__()
         if not isinstance(embed_dim, int) or embed_dim < 1:
@@ -182,6 +189,11 @@ class SigRLHead(_ConfigMixin, nn.Module):
             raise ConfigError(f"gmc_dropout must be in [0, 1), got {gmc_dropout!r}")
         if preset == "ours" and gmc_dropout != 0.0:
             raise ConfigError("gmc_dropout applies to preset='reference' only (our GMC has no dropout)")
+        if isinstance(svfr_input_scale, bool) or not isinstance(svfr_input_scale, (int, float)) \
+                or not svfr_input_scale > 0:
+            raise ConfigError(f"svfr_input_scale must be a positive number, got {svfr_input_scale!r}")
+        #: SVFR runs on s * L and its outputs R, F are divided by s (1 = the reference)
+        self.svfr_input_scale = float(svfr_input_scale)
         ablate = [ablate] if isinstance(ablate, str) else list(ablate)
         for part in ablate:
             _check_choice("ablate", part, ABLATIONS)
@@ -319,7 +331,14 @@ class SigRLHead(_ConfigMixin, nn.Module):
             L = local_feats.to(device=w.device, dtype=w.dtype)
             if self.normalize_tokens:
                 L = Fn.normalize(L, dim=-1)
-            R, F = (L, None) if "svfr" in self.ablate else self.svfr(L, T, T_g)
+            if "svfr" in self.ablate:
+                R, F = L, None
+            elif self.svfr_input_scale == 1.0:
+                R, F = self.svfr(L, T, T_g)
+            else:  # the same maps on s * L, brought back to L's scale (see svfr_input_scale)
+                s = self.svfr_input_scale
+                R, F = self.svfr(L * s, T, T_g)
+                R, F = R / s, F / s
             if self.normalize_tokens:
                 R = Fn.normalize(R, dim=-1)
             s_l = local_scores(R, anchors, self.top_k)
