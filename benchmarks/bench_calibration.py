@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_calibration.py [--world ROOT] [--model CONFIG WEIGHTS]
 
-Runs ``sigrl calibrate ROOT --split val --eval-split test`` with the tiny world model
+Runs ``sigrl calibrate ROOT --split val --eval-split test`` with the shipped world model
 (plain CLIP matching, independent scores) and prints what it prints: the fitted map, the
 expected calibration error (15 bins, every image x label pair) before (the default map)
 and after on val and test, and the F1 of the per-label best-F1 thresholds against one
@@ -28,10 +28,11 @@ def main() -> None:
 
     from sigrl.cli import main as sigrl
     from sigrl.commands.calibrate import load_split
-    from sigrl.world import PretrainSpec, WorldSpec, ensure_tiny_vlp, ensure_world
+    from sigrl.world import WorldSpec, ensure_world
+    from sigrl.world.ship import shipped_paths
 
     root = Path(args.world) if args.world else ensure_world(WorldSpec(seed=0))
-    cfg, weights = args.model or ensure_tiny_vlp(root, PretrainSpec())
+    cfg, weights = args.model or shipped_paths()  # the world model shipped in the package
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cal.json"
         feats = Path(tmp) / "feats"

@@ -59,10 +59,11 @@ def main() -> None:
     ap.add_argument("--model", nargs=2, metavar=("CONFIG", "WEIGHTS"), help="default: the tiny world model")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from sigrl.world import PretrainSpec, WorldSpec, ensure_tiny_vlp, ensure_world
+    from sigrl.world import WorldSpec, ensure_world
+    from sigrl.world.ship import shipped_paths
 
     root = Path(args.world) if args.world else ensure_world(WorldSpec(seed=0))
-    cfg, weights = args.model or ensure_tiny_vlp(root, PretrainSpec())
+    cfg, weights = args.model or shipped_paths()  # the world model shipped in the package
     rng = random.Random(args.seed)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:

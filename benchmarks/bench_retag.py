@@ -30,7 +30,8 @@ def main() -> None:
     args = ap.parse_args()
     from sigrl.backbones import load_backbone
     from sigrl.tagging import Tagger
-    from sigrl.world import PretrainSpec, WorldSpec, ensure_tiny_vlp, ensure_world
+    from sigrl.world import WorldSpec, ensure_world
+    from sigrl.world.ship import shipped_paths
 
     root = Path(args.world) if args.world else ensure_world(WorldSpec(seed=0))
     tmp_weights = None
@@ -44,7 +45,7 @@ def main() -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
         backbone = load_backbone(args.random_model, str(weights))
     else:
-        cfg, weights = args.model or ensure_tiny_vlp(root, PretrainSpec())
+        cfg, weights = args.model or shipped_paths()  # the world model shipped in the package
         backbone = load_backbone(str(cfg), str(weights))
     labels = (root / "labels.txt").read_text().split("\n")
     labels = [l for l in labels if l]

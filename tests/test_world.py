@@ -13,7 +13,7 @@ import torch
 
 from sigrl.cli import main as cli_main
 from sigrl.data.csvdata import load_csv_dataset
-from sigrl.errors import SigrlError
+from sigrl.errors import DataError, SigrlError
 from sigrl.world.generator import COLOURS, SHAPES, World, WorldSpec, ensure_world, generate_world, is_finished
 from sigrl.world.pretrain import (
     PretrainSpec,
@@ -250,3 +250,9 @@ def test_ensure_tiny_vlp_caches(micro_root: Path, tmp_path: Path, monkeypatch):
     other, _ = ensure_tiny_vlp(micro_root, replace(spec, seed=1), progress=False)
     assert other != config
     assert not list((tmp_path / "cache").glob("*.tmp-*"))
+
+
+def test_pretraining_a_world_without_captions_says_how_to_get_them(tmp_path: Path):
+    root = generate_world(replace(MICRO, n_pretrain=0, n_train=8, n_val=2, n_test=4), tmp_path / "no-captions")
+    with pytest.raises(DataError, match=r"0 captioned images.*n_pretrain=N.*--model world"):
+        pretrain(root, TRAIN, progress=False)

@@ -296,7 +296,9 @@ def pretrain(world_root: str | os.PathLike, spec: PretrainSpec, *, progress: boo
     if spec.max_images:
         rows = rows[: spec.max_images]
     if len(rows) < spec.batch_size:
-        raise DataError(f"{root}: {len(rows)} captioned images, fewer than one batch of {spec.batch_size}")
+        raise DataError(f"{root}: {len(rows)} captioned images, fewer than one batch of {spec.batch_size}; "
+                        "a world has pre-training images only when asked (data.world.n_pretrain=N in a "
+                        "config, WorldSpec(n_pretrain=N)); or use the shipped world model (--model world)")
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
