@@ -27,24 +27,26 @@ def _records(path):
 def test_sigkill_then_resume_gives_every_image_once_with_the_same_scores(tiny_clip_files, tmp_path):
     cfg, w = tiny_clip_files
     folder = tmp_path / "imgs"
-    for i in range(14):
-        write_shape_image(folder / f"{i:02d}.png", (15 * i, 200 - 10 * i, 90), "circle" if i % 2 else "square", seed=i)
+    n = 48  # enough that a kill after the 4th record comes well before the end on a fast machine
+    for i in range(n):
+        write_shape_image(folder / f"{i:02d}.png", ((15 * i) % 256, (200 - 10 * i) % 256, 90),
+                          "circle" if i % 2 else "square", seed=i)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = tmp_path / "ref.jsonl"
     subprocess.run(_cmd(folder, ref, cfg, w), check=True, env=env, capture_output=True, timeout=300)
     expected = {r["image"]: r for r in _records(ref)}
-    assert len(expected) == 14
+    assert len(expected) == n
 
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen(_cmd(folder, out, cfg, w), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 4):
-        time.sleep(0.02)
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     before = _records(out)
-    assert 4 <= len(before) < 14, "the run was killed too late to test resuming"
+    assert 4 <= len(before) < n, "the run was killed too late to test resuming"
     with open(out, "ab") as fh:  # what a kill inside a write would leave: a torn last line
         fh.write(b'{"image": "' + str(folder / "zz").encode() + b'", "sco')
     done = subprocess.run(_cmd(folder, out, cfg, w), env=env, capture_output=True, text=True, timeout=300)
