@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -137,15 +138,16 @@ def tag_grid(backbone, dataset, path: Path, n: int = 8, top_k: int = 3) -> Path:
     tagger = Tagger(test.labels, backbone=backbone, prompts="photo")
     idx = np.linspace(0, len(test) - 1, n).astype(int)
     results = tagger.tag([test.path(i) for i in idx], top_k=top_k)
-    fig, axes = plt.subplots(2, (n + 1) // 2, figsize=(2.4 * ((n + 1) // 2), 6))
+    fig, axes = plt.subplots(2, (n + 1) // 2, figsize=(2.4 * ((n + 1) // 2), 7))
     for ax, i, r in zip(axes.flat, idx, results):
         ax.imshow(load_image(test.path(i)))
         ax.axis("off")
         truth = {test.labels[j] for j in np.flatnonzero(test.targets[i] == 1)}
         lines = [("✓ " if l in truth else "✗ ") + f"{l} {s:.2f}" for l, s in r.tags]
-        ax.set_title("\n".join(lines), fontsize=7, loc="left")
-        ax.text(0, 1.0, "truth: " + ", ".join(sorted(truth)), transform=ax.transAxes, fontsize=6, va="top",
-                color="white", backgroundcolor=(0, 0, 0, 0.55), wrap=True)
+        # the truth wrapped to the panel's width above the tags (a long label list used to run into
+        # the next panel); in the title, so tight_layout makes room for it
+        ax.set_title(textwrap.fill("truth: " + ", ".join(sorted(truth)), width=40) + "\n" + "\n".join(lines),
+                     fontsize=7, loc="left")
     fig.suptitle("zero-shot tags over all labels (CLIP local+global matching, shipped world model); ✓ correct, ✗ wrong",
                  fontsize=9)
     fig.tight_layout()
