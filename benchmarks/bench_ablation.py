@@ -109,13 +109,12 @@ def how_far_it_moved(run_dir: Path, cache_root: Path, split, backbone) -> dict:
     sc = Scorer.from_run(run_dir, backbone=backbone)
     head, labels = sc.head.eval(), list(sc.run.labels)
     cache = open_cache(cache_dir_for(cache_root, split, backbone))
-    _, L = cache.read(list(range(min(64, len(cache)))))
+    G, L = cache.read(list(range(min(64, len(cache)))))
     with torch.no_grad():
         T = Fn.normalize(sc.text(labels).float(), dim=-1)
-        T_g = head.prepare_labels(T, labels)["T_g"]
-        Ln = Fn.normalize(L.float(), dim=-1)
-        R, _ = head.svfr(Ln * head.svfr_input_scale, T, T_g)  # R's direction is what is compared
-        cos_rl = (Fn.normalize(R, dim=-1) * Ln).sum(-1)
+        _, extras = head(G.float(), L.float(), T, label_names=labels, return_extras=True)
+        T_g, R = extras["label_graph_feats"], extras["recon"]  # R as the head scores it
+        cos_rl = (Fn.normalize(R, dim=-1) * Fn.normalize(L.float(), dim=-1)).sum(-1)
         cos_tg = (Fn.normalize(T_g, dim=-1) * T).sum(-1)
     return {"cos_Tg_T": float(cos_tg.mean()), "cos_R_L": float(cos_rl.mean()), "cos_R_L_min": float(cos_rl.min())}
 

@@ -99,11 +99,10 @@ def goals(m: dict, untuned: dict | None = None, untuned_name: str = "") -> list[
             f"{100 * m['zsl/clip_local']:.1f} vs {100 * m['zsl/clip_global']:.1f}")
     for s in ("zsl", "gzsl"):
         if f"{s}/sigrl" in heads:
-            h = heads
-            add(f"SigRL >= CLIP + 5 ({s.upper()}{where})", h[f"{s}/sigrl"] >= h[f"{s}/clip"] + 0.05,
-                f"{100 * h[f'{s}/sigrl']:.1f} vs {100 * h[f'{s}/clip']:.1f}")
-            add(f"SigRL > adapter ({s.upper()}{where})", h[f"{s}/sigrl"] > h[f"{s}/adapter"],
-                f"{100 * h[f'{s}/sigrl']:.1f} vs {100 * h[f'{s}/adapter']:.1f}")
+            add(f"SigRL >= CLIP + 5 ({s.upper()}{where})", heads[f"{s}/sigrl"] >= heads[f"{s}/clip"] + 0.05,
+                f"{100 * heads[f'{s}/sigrl']:.1f} vs {100 * heads[f'{s}/clip']:.1f}")
+            add(f"SigRL > adapter ({s.upper()}{where})", heads[f"{s}/sigrl"] > heads[f"{s}/adapter"],
+                f"{100 * heads[f'{s}/sigrl']:.1f} vs {100 * heads[f'{s}/adapter']:.1f}")
     if "spml/full" in m and "spml/an" in m:
         gap = m["spml/full"] - m["spml/an"]
         add("AN -> full gap >= 5", gap >= 0.05, f"{100 * gap:.1f} points")

@@ -333,9 +333,7 @@ class SigRLHead(_ConfigMixin, nn.Module):
                 L = Fn.normalize(L, dim=-1)
             if "svfr" in self.ablate:
                 R, F = L, None
-            elif self.svfr_input_scale == 1.0:
-                R, F = self.svfr(L, T, T_g)
-            else:  # the same maps on s * L, brought back to L's scale (see svfr_input_scale)
+            else:  # on s * L, brought back to L's scale (svfr_input_scale; s = 1 is exact: the reference)
                 s = self.svfr_input_scale
                 R, F = self.svfr(L * s, T, T_g)
                 R, F = R / s, F / s
