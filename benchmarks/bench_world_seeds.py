@@ -17,15 +17,16 @@ standard deviation over the seeds (values in %), then checks the goals of issue 
 The world is a functional and comparative testbed, not a claim about real data.
 
 Measured 2026-12-03 (shipped model sha256 b0921122..., default rows, 2 CPU cores, 1 thread,
-empty cache per seed, another 1-thread benchmark beside it; 345 s in all, 111-120 s a
-seed), mean ± sd over seeds 0, 1, 2 (%), ZSL / GZSL mAP: random 9.1 / 9.1, colour oracle
-21.2 / 20.8, shape oracle 17.6 / 17.1, CLIP matching 18.5 ± 4.4 / 18.3 ± 0.4 (global 18.0,
-local 26.5 ± 6.8 / 28.3), adapter 28.1 ± 4.7 / 34.1 ± 1.9, SigRL 28.9 ± 5.5 / 30.7 ± 1.4;
-on seeds 1, 2 alone: CLIP 19.3 / 18.2, adapter 26.8 / 34.4, SigRL 28.9 / 30.4. Single
-positive: full 47.3 ± 1.6, AN 32.5 ± 1.5, LL-R 32.5 ± 1.5, VLPL 34.9 ± 2.0 (16 % of the
-gap). Probes: colour 99.5, shape 81.2. Goals met: local > global, SigRL >= CLIP + 5 (ZSL,
-GZSL), SigRL > adapter (ZSL), AN -> full gap >= 5; missed: 2x colour oracle (0.87x),
-shape probe 0.9, SigRL > adapter on GZSL, 50 % of the single-positive gap.
+empty cache per seed, another benchmark beside it; 304 s in all, 96-109 s a seed), mean ± sd
+over seeds 0, 1, 2 (%), ZSL / GZSL mAP: random 9.1 / 9.1, colour oracle 21.2 / 20.8, shape
+oracle 17.6 / 17.1, CLIP matching 18.5 ± 4.4 / 18.3 ± 0.4 (global 18.0, local 26.5 ± 6.8 /
+28.3), adapter 28.1 ± 4.7 / 34.1 ± 1.9, SigRL 28.9 ± 5.5 / 30.7 ± 1.4; on seeds 1, 2 alone:
+CLIP 19.3 / 18.2, adapter 26.8 / 34.4, SigRL 28.9 / 30.4. Single positive (each row's lr as
+``benchmarks/bench_spml.py --tune`` chose it): full 47.3 ± 1.6, AN 38.9 ± 2.3, WAN 40.7 ±
+1.4 (21 % of the gap), EPR 40.6 ± 1.3. Probes: colour 99.5, shape 81.2. Goals met: local >
+global, SigRL >= CLIP + 5 (ZSL, GZSL), SigRL > adapter (ZSL), AN -> full gap >= 5 (8.4);
+missed: 2x colour oracle (0.87x), shape probe 0.9, SigRL > adapter on GZSL, 50 % of the
+single-positive gap.
 """
 from __future__ import annotations
 

@@ -107,9 +107,14 @@ def _spec(cls, options: dict, key: str):
         raise _config_error(key, err) from None
 
 
+def world_spec(cfg: Config) -> WorldSpec:
+    """The embedded world's spec from ``cfg.data.world``."""
+    return _spec(WorldSpec, cfg.data.world, "data.world")
+
+
 def world_root(cfg: Config) -> Path:
     """The embedded world's folder (generated on first use)."""
-    return ensure_world(_spec(WorldSpec, cfg.data.world, "data.world"))
+    return ensure_world(world_spec(cfg))
 
 
 def open_dataset(cfg: Config):

@@ -1,17 +1,21 @@
-"""`sigrl demo --quick` end to end: a valid results.json, a tag grid, every section."""
+"""`sigrl demo --quick --full` end to end: a valid results.json, a tag grid, every section and row."""
 from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
+import yaml
 from PIL import Image
 
 from sigrl.cli import main
+from sigrl.demo import SPML_RUNS
 
 
 def test_quick_demo_writes_valid_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SIGRL_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--output", str(out)]) == 0
+    assert main(["demo", "--quick", "--full", "--output", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["seconds"] > 0
     for section in ("zsl", "gzsl"):
@@ -19,7 +23,11 @@ def test_quick_demo_writes_valid_results(tmp_path, monkeypatch, capsys):
         for entry in results[section].values():
             for key in ("map", "f1@3", "f1@5"):
                 assert 0.0 <= entry[key] <= 1.0, (section, key, entry)
-    assert {"an", "full"} <= set(results["spml"])
+    assert set(results["spml"]) == {name for name, _ in SPML_RUNS}  # --full: every single-positive loss
+    # EPR and ROLE get k = the world's mean labels per image (objects 2..6, one label each)
+    for name in ("epr", "role"):
+        saved = yaml.safe_load((Path(results["spml"][name]["run"]) / "config.yaml").read_text())
+        assert saved["loss"]["options"]["expected_num_pos"] == 4.0
     assert set(results["probe"]) == {"colour", "shape"} and all(0 <= v <= 1 for v in results["probe"].values())
     assert {"shape_oracle", "clip_global", "clip_local"} <= set(results["zsl"])
     assert results["stages"] and all(v >= 0 for v in results["stages"].values())

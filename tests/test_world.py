@@ -69,6 +69,10 @@ def test_label_statistics():
     assert set(counts) == {2, 3, 4, 5, 6}
     for s in samples:
         assert len(set(s.objects)) == len(s.objects)  # distinct compounds per image
+    # the k that EPR / ROLE get: the mean labels per image (600 draws: standard error 0.06)
+    assert spec.mean_labels_per_image == 4.0
+    assert abs(np.mean(counts) - spec.mean_labels_per_image) < 0.25
+    assert replace(spec, min_objects=1, max_objects=2).mean_labels_per_image == 1.5
     # 48 compound labels, 25% unseen, every colour and shape among the seen labels
     assert len(world.labels) == 48 and len(world.unseen) == 12
     assert set(world.seen) | set(world.unseen) == set(world.labels)

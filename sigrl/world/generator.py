@@ -152,6 +152,14 @@ class WorldSpec:
         return cls(**d)
 
     @property
+    def mean_labels_per_image(self) -> float:
+        """Expected number of labels per image, (min_objects + max_objects) / 2: objects are
+        uniform in that range and all different compounds, one label each. The k of the
+        expected-positives losses (EPR, ROLE), which Cole et al. take as a known dataset
+        statistic (1.5 VOC, 2.9 COCO)."""
+        return (self.min_objects + self.max_objects) / 2.0
+
+    @property
     def fingerprint(self) -> str:
         """16 hex chars naming this spec and the generator version."""
         text = json.dumps({"version": GENERATOR_VERSION, **self.to_dict()}, sort_keys=True)
