@@ -138,12 +138,16 @@ def model_report(backbone, *, seed: int = 0, n_train: int = 2000, n_test: int = 
     world = World(WorldSpec(seed=seed))
     tr_img, tr_t = _draw(world, "train", n_train)
     te_img, te_t = _draw(world, "test", n_test)
-    tr_g, _ = _encode(backbone, tr_img)
+    tr_g, tr_l = _encode(backbone, tr_img)
     te_g, te_l = _encode(backbone, te_img)
     labels, unseen = world.labels, world.unseen
     cols = [labels.index(u) for u in unseen]
     report = {"world_seed": seed, "n_train": n_train, "n_test": n_test,
-              "probe": probe_figures(tr_g, tr_t, te_g, te_t, labels)}
+              "probe": probe_figures(tr_g, tr_t, te_g, te_t, labels),
+              # the same probes on the patch tokens (B, P, D) pooled over P: what the local
+              # features hold that the global embedding may not
+              "probe_patches": {pool: probe_figures(f(tr_l), tr_t, f(te_l), te_t, labels)
+                                for pool, f in (("mean", lambda l: l.mean(1)), ("max", lambda l: l.amax(1)))}}
     rng = np.random.default_rng(seed)
     yt = te_t[:, cols]
     zsl = {"random": macro_ap(yt, rng.random(yt.shape)),
