@@ -116,15 +116,16 @@ def main() -> int:
     res: dict = {"nproc": args.nproc, "overrides": overrides,
                  "train_images": min(len(dataset.train), limit) if limit else len(dataset.train)}
     # the control: one process, each global batch in N micro-batches with gradient
-    # accumulation -- the per-rank losses and gradient sums of N processes, in another order
+    # accumulation -- what the N ranks compute, summed by accumulation instead of all-reduce
     accum = f"1, {args.nproc} micro-batches"
     micro = [f"train.batch_size={cfg.train.batch_size // args.nproc}", f"train.grad_accum={args.nproc}"]
-    for name, launcher, extra in (("1", one, []), (str(args.nproc), many, []), (accum, one, micro)):
-        cache = work / f"cache{name.split(',')[0]}"
+    runs = (("1", one, [], "cache1"), (str(args.nproc), many, [], "cacheN"), (accum, one, micro, "cache1"))
+    for i, (name, launcher, extra, cache_name) in enumerate(runs):
+        cache = work / cache_name
         wall_c = None  # the control reuses the 1-process cache
         if not cache.exists():
             wall_c, _ = timed(launcher + ["cache", "build", args.config, "-q"] + sets(f"cache.dir={cache}"), env)
-        run = work / f"run{len(res)}"
+        run = work / f"run{i}"
         wall_t, proc = timed(launcher + ["train", args.config, "-q", "-o", str(run)]
                              + sets(f"cache.dir={cache}", *extra), env)
         rows = read_metrics(run / "metrics.csv")
@@ -132,6 +133,7 @@ def main() -> int:
                      if "sigrl train:" in line and "process" in line), "?")
         res[name] = {"cache_build_s": None if wall_c is None else round(wall_c, 2), "train_wall_s": round(wall_t, 2),
                      "epoch_s": [r["time/epoch_s"] for r in rows], "setup": kind, "metrics": rows}
+
     def differences(a: list[dict], b: list[dict]) -> list[tuple[float, str]]:
         return [(abs(ra[k] - rb[k]), f"epoch {int(ra['epoch'])} {k}") for ra, rb in zip(a, b) for k in ra
                 if not k.startswith("time/") and k != "step" and k in rb]  # "step" counts micro-batches

@@ -31,10 +31,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# the demo's rows, their tuned hyper-parameters, the losses that take k
-from sigrl.demo import EXPECTED_POSITIVES, PARTIAL_RUNS, SPML_RUNS, SPML_TUNED  # noqa: E402
+# the demo's rows, their tuned hyper-parameters, the k of EPR / ROLE
+from sigrl.demo import PARTIAL_RUNS, SPML_RUNS, SPML_TUNED, expected_positives  # noqa: E402
 
-SPML = {name: (extra or ["loss.name=an"]) for name, extra in SPML_RUNS}  # EPR / ROLE: + k (see run())
+SPML = dict(SPML_RUNS)  # "an": [] (the config's loss); EPR / ROLE get k in run()
 SPML.update({"an+ct": ["loss.name=an", "loss.transport_weight=0.1"],
              "vlpl+ct": ["loss.name=vlpl", "loss.transport_weight=0.1"]})
 # Tuning (--tune): on seed 0's validation split only (the held-out 20 % of train, full
@@ -102,14 +102,12 @@ def main() -> None:
 
     from sigrl.experiment import world_spec
 
-    base_cfg = load_config(REPO / "configs" / "world_spml_an.yaml", common)
-    k = world_spec(base_cfg).mean_labels_per_image  # EPR / ROLE: k as Cole et al., a known statistic
+    spec = world_spec(load_config(REPO / "configs" / "world_spml_an.yaml", common))
 
     def run(name: str, overrides: list[str], seed: int, metric: str = "test/mAP") -> float:
         if args.epochs <= 5 and "loss.name=em_apl" in overrides:
             overrides = overrides + [f"loss.options.warmup_epochs={max(0, args.epochs - 2)}"]
-        if any(f"loss.name={loss}" in overrides for loss in EXPECTED_POSITIVES):
-            overrides = [f"loss.options.expected_num_pos={k}"] + overrides
+        overrides = expected_positives(overrides, spec) + overrides
         run_name = f"{name}_seed{seed}"
         cfg = load_config(REPO / "configs" / "world_spml_an.yaml",
                           common + [f"data.seed={seed}", f"train.seed={seed}"] + overrides

@@ -177,6 +177,15 @@ def tag_grid(backbone, dataset, path: Path, n: int = 8, top_k: int = 3) -> Path:
     return path
 
 
+def expected_positives(overrides: list[str], spec) -> list[str]:
+    """The k override of an EPR / ROLE row (``overrides`` name its loss), [] for any other:
+    the world's mean labels per image (``spec`` a WorldSpec), as Cole et al. take k, a known
+    statistic of the data."""
+    if any(f"loss.name={loss}" in overrides for loss in EXPECTED_POSITIVES):
+        return [f"loss.options.expected_num_pos={spec.mean_labels_per_image}"]
+    return []
+
+
 def _train(config: str, overrides: list[str], progress: bool):
     cfg = load_config(CONFIGS / config, overrides)
     return train(cfg, progress=progress)
@@ -283,6 +292,7 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
 
     spml = {}
     names = [n for n, _ in SPML_RUNS] if full else (QUICK_SPML if quick else DEFAULT_SPML)
+    spec = world_spec(cfg)
     with stage(f"single positive ({', '.join(names)})"):
         for name, extra in SPML_RUNS:
             if name not in names:
@@ -290,8 +300,7 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
             if quick and name == "em_apl":
                 extra = extra + ["loss.options.warmup_epochs=1"]  # the quick demo trains 2 epochs
             extra = extra + SPML_TUNED.get(name, [])
-            if name in EXPECTED_POSITIVES:  # k as Cole et al. take it: a known statistic of the data
-                extra = extra + [f"loss.options.expected_num_pos={world_spec(cfg).mean_labels_per_image}"]
+            extra = extra + expected_positives(extra, spec)
             run_dir = out / "runs" / f"spml_{name}"
             res = _train("world_spml_an.yaml", common + budget["spml"] + extra + [f"output={run_dir}"], progress)
             spml[name] = {"map": _test_map(res), "run": str(run_dir)}
