@@ -121,7 +121,8 @@ def main() -> None:
         res = train(cfg, progress=False)
         seconds[run_name] = time.time() - t0
         m = res.best_metrics.get(metric)
-        print(f"{run_name:<22} {metric} {100 * m:5.1f}   ({seconds[run_name]:.0f} s)", file=sys.stderr, flush=True)
+        val = "" if metric == "val/mAP" else f"   val/mAP {100 * res.best_metrics.get('val/mAP', float('nan')):5.1f}"
+        print(f"{run_name:<22} {metric} {100 * m:5.1f}{val}   ({seconds[run_name]:.0f} s)", file=sys.stderr, flush=True)
         for key in ("precision", "recall"):
             v = res.history[0].get(f"pseudo/pseudo_pos_{key}") if res.history else None
             if v is not None:

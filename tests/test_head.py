@@ -96,6 +96,20 @@ def test_modes_and_mean_combine():
     torch.testing.assert_close(lg, torch.log_softmax(10.0 * ex["local"], dim=-1))
 
 
+def test_centered_combine_subtracts_each_images_mean_over_labels():
+    g, L, T = _feats()
+    head = _head(combine="centered", logit_scale=10.0)
+    logits, ex = head(g, L, T, return_extras=True)
+    C = T.shape[0]
+    for b in range(g.shape[0]):
+        for c in range(C):
+            loc = ex["local"][b, c] - sum(ex["local"][b, j] for j in range(C)) / C
+            glo = ex["global"][b, c] - sum(ex["global"][b, j] for j in range(C)) / C
+            torch.testing.assert_close(logits[b, c], 10.0 * (loc + glo) / 2)
+    # the rule removes each image's mean over its labels: every row of logits sums to zero
+    assert torch.allclose(logits.sum(dim=1), torch.zeros(g.shape[0]), atol=1e-5)
+
+
 def test_score_with_graph_uses_refined_labels():
     head = _head(score_with="graph")
     g, L, T = _feats()

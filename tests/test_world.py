@@ -55,6 +55,23 @@ def test_different_seed_differs():
     assert not np.array_equal(a.sample("test", 0).image, a.sample("train", 0).image)
 
 
+def test_shape_twin_changes_only_shapes():
+    """World.sample(twin=True): same scene, colours, places and noise, 1+ objects of another
+    shape: most pixels equal (two unrelated images share almost none), compounds distinct."""
+    w = World(WorldSpec(seed=2))
+    for i in range(25):
+        a, t = w.sample("pretrain", i), w.sample("pretrain", i, twin=True)
+        assert t.scene == a.scene and len(t.objects) == len(a.objects) == len(set(t.objects))
+        assert [w.colour_of[o] for o in t.objects] == [w.colour_of[o] for o in a.objects]
+        changed = [x != y for x, y in zip(a.objects, t.objects)]
+        assert any(changed)
+        assert all(w.shape_of[x] != w.shape_of[y] for x, y in zip(a.objects, t.objects) if x != y)
+        same = np.all(a.image == t.image, axis=-1).mean()
+        other = np.all(a.image == w.sample("pretrain", i + 100).image, axis=-1).mean()
+        assert same > 0.7 and other < 0.05, (same, other)
+        assert np.array_equal(t.image, w.sample("pretrain", i, twin=True).image)  # deterministic
+
+
 def test_images_are_rgb_at_the_spec_size():
     s = World(WorldSpec(image_size=48)).sample("train", 0)
     assert s.image.shape == (48, 48, 3) and s.image.dtype == np.uint8

@@ -8,6 +8,7 @@ global score ``s_g`` of each image, both (B, C)::
     combine="l2"       logits = scale * (s_l / ||s_l||_2 + s_g / ||s_g||_2) / 2       (reference)
     combine="softmax"  logits = log((softmax_C(scale s_l) + softmax_C(scale s_g)) / 2)  (ours)
     combine="mean"     logits = scale * (s_l + s_g) / 2
+    combine="centered" logits = scale * ((s_l - mean_C s_l) + (s_g - mean_C s_g)) / 2  (ours)
 
 The norms and softmaxes run over the label axis of one image (never over the batch).
 ``"l2"`` is the rule of the reference SigRL code (MVL-Lab/SigRL ``OV/models/clip_vit.py``,
@@ -28,7 +29,7 @@ from torch import nn
 
 from sigrl.errors import ConfigError, UsageError
 
-COMBINES = ("l2", "softmax", "mean")
+COMBINES = ("l2", "softmax", "mean", "centered")
 MAX_LOGIT_SCALE = 100.0
 
 
@@ -58,6 +59,8 @@ def combine_scores(s_l: torch.Tensor | None, s_g: torch.Tensor | None, scale: to
         return scale * sum(l2_over_labels(s) for s in parts) / len(parts)
     if combine == "mean":
         return scale * sum(parts) / len(parts)
+    if combine == "centered":
+        return scale * sum(s - s.mean(dim=-1, keepdim=True) for s in parts) / len(parts)
     if combine != "softmax":
         raise UsageError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
     logps = [torch.log_softmax(scale * s, dim=-1) for s in parts]

@@ -261,18 +261,40 @@ class World:
         }
 
     # -- drawing --------------------------------------------------------------------------
-    def sample(self, split: str, index: int) -> Sample:
-        """Draw image ``index`` of ``split`` (deterministic in (seed, split, index))."""
+    def sample(self, split: str, index: int, twin: bool = False) -> Sample:
+        """Draw image ``index`` of ``split`` (deterministic in (seed, split, index)).
+
+        ``twin=True`` draws its *shape twin*: the same scene, background, colours, places,
+        sizes and noise, with one or more objects given another shape (each keeps its
+        colour) — an image that only shape tells apart from image ``index``, a hard negative
+        for contrastive pre-training (``benchmarks/bench_world_levers.py``)."""
         rng = np.random.default_rng([self.spec.seed, SPLITS.index(split), index])
         spec = self.spec
         scene = int(rng.integers(spec.n_scenes))
         k = int(rng.integers(spec.min_objects, spec.max_objects + 1))
         objects = [int(i) for i in rng.choice(len(self.labels), size=k, replace=False, p=self.scene_probs[scene])]
+        if twin:  # the drawing below takes the same random numbers whatever the shapes
+            objects = self._reshape(objects, np.random.default_rng([self.spec.seed, SPLITS.index(split), index, 1]))
         img = self._background(scene, rng)
         for label, (cx, cy, r) in zip(objects, self._place(k, rng)):
             self._draw(img, label, cx, cy, r, rng)
         img += rng.standard_normal(img.shape, dtype=np.float32) * self.scene_looks[scene]["noise"]
         return Sample(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), objects, scene)
+
+    def _reshape(self, objects: list[int], rng: np.random.Generator) -> list[int]:
+        """``objects`` with each compound given another shape of the same colour with
+        probability 1/2, at least one changed, the result still all different compounds."""
+        out = list(objects)
+        ns, changed = len(self.shapes), 0
+        for j in rng.permutation(len(out)):
+            if changed and rng.uniform() < 0.5:
+                continue
+            colour = int(self.colour_of[out[j]])
+            free = [colour * ns + s for s in range(ns) if colour * ns + s not in out]
+            if free:
+                out[j] = int(rng.choice(free))
+                changed += 1
+        return out
 
     def _background(self, scene: int, rng: np.random.Generator) -> np.ndarray:
         look = self.scene_looks[scene]

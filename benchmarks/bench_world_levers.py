@@ -1,0 +1,212 @@
+"""Which pre-training lever teaches the world model shape? Short runs, one probe each.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_world_levers.py               # every variant, 2 at a time
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_world_levers.py --only base,supervised --steps 500
+
+Every variant trains the shipped model's vision tower (``sigrl/world/model/world-v2.json``)
+from scratch for ``--steps`` steps of 128 (the shipped recipe's lr, warm-up 50, cosine to 0
+over the run) on the same 30,000 images of the shipped model's pre-training corpus
+(:func:`sigrl.world.generator.render_corpus`), then reports :func:`sigrl.world.probe.model_report`
+on world seed 0 (2,000 train images for the probes' fit, 1,000 test images): the linear
+probes for colour and shape on the global embedding and the unseen-label mAP of CLIP
+matching. The variants:
+
+    base            the shipped recipe (CLIP contrastive loss on the corpus captions)
+    layers6         6 vision layers instead of 3
+    patch8          patch 8 (144 tokens) instead of 12 (64)
+    shape_captions  60 % of the captions name shapes only (the corpus has 30 %)
+    shape_twins     every batch is 64 pairs: an image and its shape twin (same scene, colours,
+                    places and sizes, 1+ objects given another shape: World.sample(twin=True)),
+                    hard negatives that only shape tells apart
+    supervised      the ceiling of the tower at this budget: no text, a linear layer on the
+                    normalised embedding trained with BCE on which colours and which shapes
+                    the image holds (the probe's own targets, from the corpus's objects)
+
+Measured 2026-12-05, 500 steps, 2 variants at a time on 2 cores (train seconds with up to
+four processes sharing the cores; world seed 0; unseen mAP: CLIP local+global matching on
+the 12 unseen labels, colour oracle 0.203):
+
+    variant         shape probe  colour probe  unseen mAP  local   loss
+    base                  0.740         0.994       0.175  0.191  1.734
+    layers6               0.744         0.996       0.168  0.184  1.701
+    patch8                0.746         0.998       0.160  0.172  1.671
+    shape_captions        0.748         0.986       0.153  0.185  2.536
+    shape_twins           0.738         0.991       0.187  0.194  2.408
+    supervised            0.723         0.997       (no text tower)   0.226 (BCE)
+
+Every lever lands within 0.01 of the base on the shape probe, and the tower trained on the
+shape labels themselves lands there too: at this budget the vision tower's speed at
+learning shape, not the contrastive objective or its captions, sets the probe. The shape
+twins lift unseen-label matching a little (0.187 vs 0.175) without moving the probe. The
+shipped model (the base recipe for 4,000 steps on 100,000 images) has shape 0.840.
+The world is a functional and comparative testbed, not a claim about real data.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VARIANTS = ("base", "layers6", "patch8", "shape_captions", "shape_twins", "supervised")
+ARCH = {"layers6": {"layers": 6}, "patch8": {"patch_size": 8}}
+N_IMAGES = 30000
+BATCH = 128
+
+
+def corpus(variant: str, n: int):
+    """(N, 3, H, W) uint8 images, N captions, N object lists of the variant's corpus."""
+    import numpy as np
+    import torch
+
+    from sigrl.world.generator import World, corpus_spec, render_corpus
+
+    spec = corpus_spec(n_pretrain=n, **({"shape_only_captions": 0.6} if variant == "shape_captions" else {}))
+    if variant != "shape_twins":
+        im, caps, objs = render_corpus(spec, 0, n)
+        return torch.from_numpy(im).permute(0, 3, 1, 2).contiguous(), caps, objs
+    world = World(spec)
+    images = torch.empty((n, 3, spec.image_size, spec.image_size), dtype=torch.uint8)
+    caps, objs = [], []
+    for i in range(n):  # image 2m + 1 is the shape twin of image 2m
+        s = world.sample("pretrain", i - i % 2, twin=i % 2 == 1)
+        images[i] = torch.from_numpy(s.image).permute(2, 0, 1)
+        caps.append(world.caption(s.objects, np.random.default_rng([spec.seed, 7_000_001, i])))
+        objs.append(s.objects)
+    return images, caps, objs
+
+
+def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES) -> dict:
+    import numpy as np
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+
+    from sigrl.backbones import load_backbone
+    from sigrl.world.generator import World, corpus_spec
+    from sigrl.world.pretrain import _adamw, _cut, _param_groups, channel_stats, encode_text_cut, get_tokenizer
+    from sigrl.world.probe import model_report
+    from sigrl.world.ship import ShipSpec, _lr_at, _save_weights, arch_config
+
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cfg = copy.deepcopy(arch_config())
+    cfg["vision_cfg"].update(ARCH.get(variant, {}))
+    images, captions, objects = corpus(variant, n_images)
+    mean, std = channel_stats(images)
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    spec = ShipSpec(steps=steps, schedule_steps=steps, warmup=50)
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**cfg)
+    model.train()
+    groups = _param_groups(model, spec.weight_decay)
+    if variant == "supervised":
+        world = World(corpus_spec())
+        nc = len(world.colours)
+        y = torch.zeros((len(objects), nc + len(world.shapes)))
+        for i, obj in enumerate(objects):
+            y[i, world.colour_of[obj]] = 1
+            y[i, nc + world.shape_of[obj]] = 1
+        probe = torch.nn.Linear(cfg["embed_dim"], y.shape[1])
+        groups.append({"params": list(probe.parameters()), "weight_decay": 0.0})
+    else:
+        tokens = get_tokenizer()(captions, context_length=int(cfg["text_cfg"]["context_length"]))
+        loss_fn = open_clip.ClipLoss()
+    opt = _adamw(groups, spec.lr)
+    rng = np.random.default_rng([spec.seed, 11])
+    unit = 2 if variant == "shape_twins" else 1  # twins stay together in a batch
+    perm, pos = rng.permutation(n_images // unit), 0
+    losses = []
+    for step in range(steps):
+        if pos + BATCH // unit > len(perm):
+            perm, pos = rng.permutation(n_images // unit), 0
+        first = perm[pos : pos + BATCH // unit] * unit
+        pos += BATCH // unit
+        idx = torch.from_numpy(np.stack([first + k for k in range(unit)], 1).ravel())
+        x = (images[idx].float().div_(255.0) - mean_t) / std_t
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, spec)
+        img_f = model.encode_image(x, normalize=True)
+        if variant == "supervised":
+            loss = F.binary_cross_entropy_with_logits(probe(10.0 * img_f), y[idx])
+        else:
+            loss = loss_fn(img_f, encode_text_cut(model, _cut(tokens[idx])), model.logit_scale.exp())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+    train_s = time.perf_counter() - t0
+    model.eval()
+    preprocess = {"size": int(cfg["vision_cfg"]["image_size"]), "mean": mean, "std": std,
+                  "interpolation": "bicubic", "resize_mode": "shortest"}
+    (out / "world.json").write_text(json.dumps({**cfg, "preprocess_cfg": preprocess}))
+    _save_weights(model, out / "world.safetensors")
+    report = model_report(load_backbone(str(out / "world.json"), str(out / "world.safetensors")),
+                          seed=0, n_train=2000, n_test=1000)
+    res = {"variant": variant, "steps": steps, "final_loss": round(float(np.mean(losses[-20:])), 4),
+           "train_seconds": round(train_s, 1), "probe": report["probe"],
+           "unseen_clip": report["zsl"]["clip_local+global"], "unseen_local": report["zsl"]["clip_local"],
+           "colour_oracle": report["zsl"]["colour_oracle"]}
+    (out / "result.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help=f"comma-separated variants (default all: {','.join(VARIANTS)})")
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--output", default="bench-world-levers")
+    ap.add_argument("--images", type=int, default=N_IMAGES, help="corpus images (default 30,000)")
+    ap.add_argument("--jobs", type=int, default=2, help="variants run at once, one thread each")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)  # one variant in this process (a worker)
+    args = ap.parse_args(argv)
+    out = Path(args.output)
+    if args.variant:
+        print(json.dumps(train_variant(args.variant, args.steps, out / args.variant, args.images)), flush=True)
+        return 0
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    pending, running, results = list(names), [], {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            v = pending.pop(0)
+            cmd = [sys.executable, __file__, "--variant", v, "--steps", str(args.steps), "--images", str(args.images), "--output", str(out)]
+            running.append((v, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)))
+            print(f"started {v}", file=sys.stderr, flush=True)
+        time.sleep(2)
+        for v, p in list(running):
+            if p.poll() is not None:
+                running.remove((v, p))
+                if p.returncode:
+                    print(f"{v}: failed (exit {p.returncode})", file=sys.stderr)
+                    continue
+                results[v] = json.loads(p.stdout.read().strip().splitlines()[-1])
+                print(f"done {v}", file=sys.stderr, flush=True)
+    print(f"{'variant':<15} {'shape probe':>11} {'colour probe':>12} {'unseen mAP':>10} {'local':>6} "
+          f"{'loss':>6} {'train s':>7}   (steps {args.steps}; colour oracle on the unseen labels "
+          f"{next(iter(results.values()))['colour_oracle']:.3f})" if results else "no results")
+    for v in names:
+        r = results.get(v)
+        if r:
+            print(f"{v:<15} {r['probe']['shape']:>11.3f} {r['probe']['colour']:>12.3f} {r['unseen_clip']:>10.3f} "
+                  f"{r['unseen_local']:>6.3f} {r['final_loss']:>6.3f} {r['train_seconds']:>7.0f}")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return 0 if len(results) == len(names) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
