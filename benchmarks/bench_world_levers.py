@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import subprocess
 import sys
@@ -93,7 +92,8 @@ def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES)
 
     from sigrl.backbones import load_backbone
     from sigrl.world.generator import World, corpus_spec
-    from sigrl.world.pretrain import _adamw, _cut, _param_groups, channel_stats, encode_text_cut, get_tokenizer
+    from sigrl.world.pretrain import (_adamw, _cut, _param_groups, channel_stats, contrastive_step, encode_text_cut,
+                                      get_tokenizer)
     from sigrl.world.probe import model_report
     from sigrl.world.ship import ShipSpec, _lr_at, _save_weights, arch_config
 
@@ -141,12 +141,7 @@ def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES)
             loss = F.binary_cross_entropy_with_logits(probe(10.0 * img_f), y[idx])
         else:
             loss = loss_fn(img_f, encode_text_cut(model, _cut(tokens[idx])), model.logit_scale.exp())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
+        losses.append(contrastive_step(model, opt, loss))
     train_s = time.perf_counter() - t0
     model.eval()
     preprocess = {"size": int(cfg["vision_cfg"]["image_size"]), "mean": mean, "std": std,

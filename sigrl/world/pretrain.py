@@ -283,6 +283,17 @@ def _adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
 
 
 # -- training -------------------------------------------------------------------------------
+def contrastive_step(model, opt, loss) -> float:
+    """One optimiser step on ``loss`` for an open_clip CLIP ``model``: zero the gradients,
+    backward, step, then clamp the logit scale to [0, log 100] as CLIP does. Returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.item()
+
+
 def pretrain(world_root: str | os.PathLike, spec: PretrainSpec, *, progress: bool = True) -> PretrainResult:
     """Train the model of ``spec.model`` contrastively on ``world_root/captions.csv``."""
     import open_clip
@@ -347,12 +358,7 @@ def pretrain(world_root: str | os.PathLike, spec: PretrainSpec, *, progress: boo
                 pair = scale * torch.stack([(img_f * txt_f).sum(-1), (img_f * neg_f).sum(-1)], dim=1)
                 hard = F.cross_entropy(pair, torch.zeros(len(idx), dtype=torch.long))
                 loss = loss_fn(img_f, txt_f, scale) + spec.hard_negatives * hard
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
+            losses.append(contrastive_step(model, opt, loss))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.close()
         model.eval()

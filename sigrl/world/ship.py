@@ -156,7 +156,7 @@ def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, ma
     import torch
     import torch.nn.functional as F
 
-    from .pretrain import _cut, _param_groups, _adamw, channel_stats, encode_text_cut, get_tokenizer
+    from .pretrain import _cut, _param_groups, _adamw, channel_stats, contrastive_step, encode_text_cut, get_tokenizer
 
     out = Path(out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -228,12 +228,7 @@ def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, ma
         img_f = model.encode_image(x, normalize=True)
         txt_f = encode_text_cut(model, _cut(tokens[idx]))
         loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(float(loss.item()))
+        losses.append(contrastive_step(model, opt, loss))
         if (step + 1) % 10 == 0:
             log(f"step {step + 1} loss {np.mean(losses[-10:]):.4f} lr {_lr_at(step, spec):.2e} "
                 f"t {time.perf_counter() - t_train:.1f}")
