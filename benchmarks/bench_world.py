@@ -49,6 +49,7 @@ def main(argv=None) -> int:
               f"unseen mAP clip {z['clip_local+global']:.3f} (global {z['clip_global']:.3f}, local {z['clip_local']:.3f}), "
               f"random {z['random']:.3f}, colour oracle {z['colour_oracle']:.3f}, shape oracle {z['shape_oracle']:.3f} "
               f"({r['unseen_over_colour_oracle']:.2f}x colour oracle); GZSL clip {r['gzsl_clip']:.3f}")
+        print("  shape probe AP per shape: " + ", ".join(f"{k} {v:.3f}" for k, v in r["probe_shape_ap"].items()))
         pp = r["probe_patches"]
         print("  probes on the patch tokens: " + ", ".join(
             f"{pool}-pooled colour {v['colour']:.3f} shape {v['shape']:.3f}" for pool, v in pp.items()))

@@ -12,7 +12,8 @@ import torch
 from sigrl.backbones import load_backbone
 from sigrl.world import generator as gen
 from sigrl.world import ship
-from sigrl.world.probe import attribute_targets, colour_oracle_scores, linear_probe, macro_ap, shape_oracle_scores
+from sigrl.world.probe import (attribute_targets, colour_oracle_scores, linear_probe, macro_ap, shape_ap,
+                               shape_oracle_scores)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,20 @@ def test_oracles_and_probe():
     x = torch.randn(400, 8, generator=g)
     y = np.stack([(x[:, 0] > 0).numpy(), (x[:, 1] > 0.5).numpy()], 1).astype(np.float32)
     assert linear_probe(x[:300], y[:300], x[300:], y[300:]) > 0.95
+
+
+def test_shape_ap_names_the_shapes_the_features_miss():
+    """Features that hold "star" (and noise) but not "ring": the star probe is near 1, the
+    ring probe near chance (its AP about the ring's prevalence)."""
+    labels = ["red star", "red ring", "blue star", "blue ring"]
+    rng = np.random.default_rng(1)
+    targets = (rng.random((800, 4)) < 0.35).astype(np.int8)
+    star = attribute_targets(targets, labels, "shape")[:, 0]
+    x = torch.from_numpy(np.stack([star * 2.0 - 1.0, rng.standard_normal(800), rng.standard_normal(800)], 1)).float()
+    ap = shape_ap(x[:600], targets[:600], x[600:], targets[600:], labels)
+    ring_rate = attribute_targets(targets[600:], labels, "shape")[:, 1].mean()
+    assert list(ap) == ["star", "ring"]
+    assert ap["star"] > 0.99 and abs(ap["ring"] - ring_rate) < 0.15
 
 
 def test_shipped_recipe_trains_deterministically_and_loads(tmp_path):

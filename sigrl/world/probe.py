@@ -19,8 +19,8 @@ import torch
 
 from ..metrics import mean_average_precision
 
-__all__ = ["attribute_targets", "colour_oracle_scores", "shape_oracle_scores", "linear_probe", "probe_figures",
-           "macro_ap", "model_report"]
+__all__ = ["attribute_targets", "colour_oracle_scores", "shape_oracle_scores", "linear_probe", "linear_probe_scores",
+           "shape_ap", "probe_figures", "macro_ap", "model_report"]
 
 
 def attribute_targets(targets: np.ndarray, labels: list[str], which: str, names: list[str] | None = None) -> np.ndarray:
@@ -69,6 +69,12 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
                  weight_decay: float = 1e-4, iters: int = 200) -> float:
     """Test macro mAP of a multi-label logistic-regression probe (full-batch L-BFGS, BCE)
     trained on (train_x, train_y); features are standardised with the train statistics."""
+    return macro_ap(test_y, linear_probe_scores(train_x, train_y, test_x, weight_decay=weight_decay, iters=iters))
+
+
+def linear_probe_scores(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, *,
+                        weight_decay: float = 1e-4, iters: int = 200) -> np.ndarray:
+    """The probe of :func:`linear_probe`: its test logits (N_test, A)."""
     x = train_x.float()
     mu, sd = x.mean(0, keepdim=True), x.std(0, keepdim=True).clamp_min(1e-6)
     x, xt = (x - mu) / sd, (test_x.float() - mu) / sd
@@ -86,7 +92,16 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
 
     opt.step(closure)
     with torch.no_grad():
-        return macro_ap(test_y, lin(xt).numpy())
+        return lin(xt).numpy()
+
+
+def shape_ap(train_x, train_targets, test_x, test_targets, labels: list[str]) -> dict:
+    """{shape: test AP} of the shape probe of :func:`probe_figures`, one entry per shape
+    (which shapes the features miss)."""
+    names = list(dict.fromkeys(l.split()[1] for l in labels))
+    test_y = attribute_targets(test_targets, labels, "shape", names)
+    scores = linear_probe_scores(train_x, attribute_targets(train_targets, labels, "shape", names), test_x)
+    return {n: round(macro_ap(test_y[:, k : k + 1], scores[:, k : k + 1]), 4) for k, n in enumerate(names)}
 
 
 def probe_figures(train_x, train_targets, test_x, test_targets, labels: list[str],
@@ -144,6 +159,7 @@ def model_report(backbone, *, seed: int = 0, n_train: int = 2000, n_test: int = 
     cols = [labels.index(u) for u in unseen]
     report = {"world_seed": seed, "n_train": n_train, "n_test": n_test,
               "probe": probe_figures(tr_g, tr_t, te_g, te_t, labels),
+              "probe_shape_ap": shape_ap(tr_g, tr_t, te_g, te_t, labels),
               # the same probes on the patch tokens (B, P, D) pooled over P: what the local
               # features hold that the global embedding may not
               "probe_patches": {pool: probe_figures(f(tr_l), tr_t, f(te_l), te_t, labels)
