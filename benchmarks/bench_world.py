@@ -17,7 +17,8 @@ Measured (shipped model sha256 b0921122..., world seed 0, 1 thread): probes colo
 0.840; unseen mAP local+global 0.168, global 0.163, local 0.268; random 0.085, colour oracle
 0.203, shape oracle 0.169. The same probes on the patch tokens pooled over the patches: colour
 1.000, shape 0.839 (mean) and 0.818 (max) — the local features hold no more shape than the
-global embedding, so the encoder, not its pooling, is what limits shape.
+global embedding, so the encoder, not its pooling, is what limits shape. The shape probe per
+shape: circle 0.867, square 0.901, triangle 0.780, star 0.724, ring 0.948, cross 0.822.
 """
 from __future__ import annotations
 
