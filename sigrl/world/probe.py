@@ -95,26 +95,38 @@ def linear_probe_scores(train_x: torch.Tensor, train_y: np.ndarray, test_x: torc
         return lin(xt).numpy()
 
 
-def shape_ap(train_x, train_targets, test_x, test_targets, labels: list[str]) -> dict:
-    """{shape: test AP} of the shape probe of :func:`probe_figures`, one entry per shape
-    (which shapes the features miss)."""
-    names = list(dict.fromkeys(l.split()[1] for l in labels))
-    test_y = attribute_targets(test_targets, labels, "shape", names)
-    scores = linear_probe_scores(train_x, attribute_targets(train_targets, labels, "shape", names), test_x)
+def _attribute_probe(train_x, train_targets, test_x, test_targets, labels, test_labels, which: str):
+    """(attribute names, test targets (N_test, A), probe test logits (N_test, A)) of the
+    linear probe for ``which`` ("colour" | "shape")."""
+    pos = 0 if which == "colour" else 1
+    names = list(dict.fromkeys(l.split()[pos] for l in test_labels))
+    scores = linear_probe_scores(train_x, attribute_targets(train_targets, labels, which, names), test_x)
+    return names, attribute_targets(test_targets, test_labels, which, names), scores
+
+
+def _per_column_ap(names, test_y, scores) -> dict:
     return {n: round(macro_ap(test_y[:, k : k + 1], scores[:, k : k + 1]), 4) for k, n in enumerate(names)}
 
 
+def shape_ap(train_x, train_targets, test_x, test_targets, labels: list[str]) -> dict:
+    """{shape: test AP} of the shape probe of :func:`probe_figures`, one entry per shape
+    (which shapes the features miss)."""
+    return _per_column_ap(*_attribute_probe(train_x, train_targets, test_x, test_targets, labels, labels, "shape"))
+
+
 def probe_figures(train_x, train_targets, test_x, test_targets, labels: list[str],
-                  test_labels: list[str] | None = None) -> dict:
+                  test_labels: list[str] | None = None, *, per_shape: bool = False) -> dict:
     """{"colour": mAP, "shape": mAP} of linear probes on frozen global features; the
-    targets' columns are ``labels`` (train) and ``test_labels`` (test, default the same)."""
+    targets' columns are ``labels`` (train) and ``test_labels`` (test, default the same).
+    ``per_shape=True`` adds "shape_ap": {shape: AP} of the same shape probe (:func:`shape_ap`)."""
     test_labels = labels if test_labels is None else test_labels
     out = {}
     for which in ("colour", "shape"):
-        pos = 0 if which == "colour" else 1
-        names = list(dict.fromkeys(l.split()[pos] for l in test_labels))
-        out[which] = round(linear_probe(train_x, attribute_targets(train_targets, labels, which, names),
-                                        test_x, attribute_targets(test_targets, test_labels, which, names)), 4)
+        names, test_y, scores = _attribute_probe(train_x, train_targets, test_x, test_targets, labels, test_labels,
+                                                 which)
+        out[which] = round(macro_ap(test_y, scores), 4)
+        if which == "shape" and per_shape:
+            out["shape_ap"] = _per_column_ap(names, test_y, scores)
     return out
 
 
@@ -158,8 +170,7 @@ def model_report(backbone, *, seed: int = 0, n_train: int = 2000, n_test: int = 
     labels, unseen = world.labels, world.unseen
     cols = [labels.index(u) for u in unseen]
     report = {"world_seed": seed, "n_train": n_train, "n_test": n_test,
-              "probe": probe_figures(tr_g, tr_t, te_g, te_t, labels),
-              "probe_shape_ap": shape_ap(tr_g, tr_t, te_g, te_t, labels),
+              "probe": probe_figures(tr_g, tr_t, te_g, te_t, labels, per_shape=True),
               # the same probes on the patch tokens (B, P, D) pooled over P: what the local
               # features hold that the global embedding may not
               "probe_patches": {pool: probe_figures(f(tr_l), tr_t, f(te_l), te_t, labels)
@@ -177,6 +188,7 @@ def model_report(backbone, *, seed: int = 0, n_train: int = 2000, n_test: int = 
         if mode == "local+global":
             with torch.no_grad():
                 report["gzsl_clip"] = round(macro_ap(te_t, scorer(te_g, te_l, labels).numpy()), 4)
+    report["probe_shape_ap"] = report["probe"].pop("shape_ap")  # "probe" stays {"colour", "shape"}
     report["zsl"] = {k: round(v, 4) for k, v in zsl.items()}
     report["unseen_over_colour_oracle"] = round(zsl["clip_local+global"] / zsl["colour_oracle"], 3)
     report["seconds"] = round(time.perf_counter() - t0, 1)
