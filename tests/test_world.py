@@ -72,6 +72,25 @@ def test_shape_twin_changes_only_shapes():
         assert np.array_equal(t.image, w.sample("pretrain", i, twin=True).image)  # deterministic
 
 
+def test_sample_radii_are_the_drawn_sizes():
+    """Sample.radii: one per object, inside the spec's range (crowding only shrinks them),
+    and the drawn size: with one object per image, the pixels an image and its shape twin
+    disagree on (the object, nothing else) fit in a box of side 2 r + a few pixels of
+    anti-aliasing, and two differently shaped objects of radius r differ over more than r."""
+    spec = replace(WorldSpec(seed=4), min_objects=1, max_objects=1)
+    w, side = World(spec), spec.image_size
+    for i in range(20):
+        a = w.sample("train", i)
+        (r,) = a.radii
+        assert spec.radius_min * side * 0.85 ** 3 - 1e-9 <= r <= spec.radius_max * side
+        ys, xs = np.nonzero(np.any(a.image != w.sample("train", i, twin=True).image, axis=-1))
+        extent = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
+        assert r < extent <= 2 * r + 5, (r, extent)
+    crowded = World(replace(WorldSpec(seed=4), min_objects=6, max_objects=6))
+    s = crowded.sample("train", 0)
+    assert len(s.radii) == len(s.objects) == 6 and max(s.radii) <= spec.radius_max * side
+
+
 def test_images_are_rgb_at_the_spec_size():
     s = World(WorldSpec(image_size=48)).sample("train", 0)
     assert s.image.shape == (48, 48, 3) and s.image.dtype == np.uint8

@@ -12,8 +12,8 @@ import torch
 from sigrl.backbones import load_backbone
 from sigrl.world import generator as gen
 from sigrl.world import ship
-from sigrl.world.probe import (attribute_targets, colour_oracle_scores, linear_probe, macro_ap, shape_ap,
-                               shape_oracle_scores)
+from sigrl.world.probe import (attribute_targets, colour_oracle_scores, linear_probe, macro_ap, roc_auc, shape_ap,
+                               shape_auc_by_size, shape_oracle_scores)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,32 @@ def test_shipped_recipe_trains_deterministically_and_loads(tmp_path):
     with torch.no_grad():
         g, local = backbone.encode_images(torch.zeros(2, 3, 96, 96))
     assert g.shape == (2, 128) and local.shape == (2, 64, 128)
+
+
+def test_roc_auc_counts_the_pairs_ranked_right():
+    """roc_auc against its definition: the share of (positive, negative) pairs with the
+    positive scored higher, ties counting 1/2 (scores on a coarse grid, so ties occur)."""
+    rng = np.random.default_rng(3)
+    pos, neg = rng.integers(0, 6, 40).astype(float), rng.integers(0, 6, 70).astype(float) - 1
+    pairs = [1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg]
+    assert roc_auc(pos, neg) == pytest.approx(np.mean(pairs))
+    assert roc_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+    assert roc_auc(np.array([0.0]), np.array([1.0, 2.0])) == 0.0
+
+
+def test_shape_auc_by_size_finds_the_small_instances_a_probe_misses():
+    """A probe that sees shape 0 only when it is large: AUC near 1 in the large bin, near
+    1/2 in the small one; shape 1, seen at every size, near 1 in both."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = (rng.random((n, 2)) < 0.4).astype(np.int8)
+    size = np.where(y == 1, rng.uniform(5, 20, (n, 2)), 0.0)
+    scores = rng.standard_normal((n, 2)) * 0.3
+    scores[:, 0] += 3.0 * ((y[:, 0] == 1) & (size[:, 0] >= 12))
+    scores[:, 1] += 3.0 * y[:, 1]
+    out = shape_auc_by_size(y, scores, size, [0.0, 12.0, 20.1], ["star", "ring"])
+    assert list(out["star"]) == ["0-12px", "12-20.1px"]
+    assert abs(out["star"]["0-12px"] - 0.5) < 0.06 and out["star"]["12-20.1px"] > 0.99
+    assert min(out["ring"].values()) > 0.99
+    assert shape_auc_by_size(y, scores, size, [30.0, 40.0], ["star", "ring"]) == {"star": {"30-40px": None},
+                                                                                  "ring": {"30-40px": None}}

@@ -169,11 +169,13 @@ class WorldSpec:
 @dataclass
 class Sample:
     """One drawn image: ``image`` (H, W, 3) uint8, ``objects`` label indices in drawing
-    order, ``scene`` the scene-type index."""
+    order, ``scene`` the scene-type index, ``radii`` each object's radius in pixels (same
+    order)."""
 
     image: np.ndarray
     objects: list[int]
     scene: int
+    radii: list[float]
 
 
 class World:
@@ -276,10 +278,11 @@ class World:
         if twin:  # the drawing below takes the same random numbers whatever the shapes
             objects = self._reshape(objects, np.random.default_rng([self.spec.seed, SPLITS.index(split), index, 1]))
         img = self._background(scene, rng)
-        for label, (cx, cy, r) in zip(objects, self._place(k, rng)):
+        placed = self._place(k, rng)
+        for label, (cx, cy, r) in zip(objects, placed):
             self._draw(img, label, cx, cy, r, rng)
         img += rng.standard_normal(img.shape, dtype=np.float32) * self.scene_looks[scene]["noise"]
-        return Sample(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), objects, scene)
+        return Sample(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), objects, scene, [r for _, _, r in placed])
 
     def _reshape(self, objects: list[int], rng: np.random.Generator) -> list[int]:
         """``objects`` with each compound given another shape of the same colour with

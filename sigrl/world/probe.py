@@ -20,7 +20,7 @@ import torch
 from ..metrics import mean_average_precision
 
 __all__ = ["attribute_targets", "colour_oracle_scores", "shape_oracle_scores", "linear_probe", "linear_probe_scores",
-           "shape_ap", "probe_figures", "macro_ap", "model_report"]
+           "shape_ap", "roc_auc", "shape_auc_by_size", "probe_figures", "macro_ap", "model_report"]
 
 
 def attribute_targets(targets: np.ndarray, labels: list[str], which: str, names: list[str] | None = None) -> np.ndarray:
@@ -110,33 +110,60 @@ def _per_column_ap(names, test_y, scores) -> dict:
 
 def shape_ap(train_x, train_targets, test_x, test_targets, labels: list[str]) -> dict:
     """{shape: test AP} of the shape probe of :func:`probe_figures`, one entry per shape
-    (which shapes the features miss)."""
+    (which shapes the features miss; :func:`model_report` reports it from its own probe)."""
     return _per_column_ap(*_attribute_probe(train_x, train_targets, test_x, test_targets, labels, labels, "shape"))
 
 
-def probe_figures(train_x, train_targets, test_x, test_targets, labels: list[str],
-                  test_labels: list[str] | None = None, *, per_shape: bool = False) -> dict:
-    """{"colour": mAP, "shape": mAP} of linear probes on frozen global features; the
-    targets' columns are ``labels`` (train) and ``test_labels`` (test, default the same).
-    ``per_shape=True`` adds "shape_ap": {shape: AP} of the same shape probe (:func:`shape_ap`)."""
-    test_labels = labels if test_labels is None else test_labels
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Probability that a positive's score exceeds a negative's (ties count 1/2): ROC AUC,
+    unlike AP blind to how many positives there are (Mann-Whitney U / (n_pos n_neg))."""
+    import pandas as pd
+
+    ranks = pd.Series(np.concatenate([positive, negative])).rank(method="average").to_numpy()
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def shape_auc_by_size(test_y: np.ndarray, scores: np.ndarray, size: np.ndarray, edges: list[float],
+                      names: list[str]) -> dict:
+    """{shape: {"<lo>-<hi>px": ROC AUC}}: how well the shape probe ranks the images whose
+    largest instance of a shape lies in each radius bin above the images without that shape
+    — does the probe miss a shape's small instances? AUC, not AP, so that bins holding
+    fewer positives are not marked down for it. ``test_y``, ``scores``, ``size``: (N, A)
+    targets, probe logits and the largest radius (pixels) of each shape in each image (0
+    when absent); ``edges``: K+1 bin edges; a bin without positives gives None."""
     out = {}
-    for which in ("colour", "shape"):
-        names, test_y, scores = _attribute_probe(train_x, train_targets, test_x, test_targets, labels, test_labels,
-                                                 which)
-        out[which] = round(macro_ap(test_y, scores), 4)
-        if which == "shape" and per_shape:
-            out["shape_ap"] = _per_column_ap(names, test_y, scores)
+    for a, name in enumerate(names):
+        neg = scores[test_y[:, a] == 0, a]
+        row = {}
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            pos = scores[(test_y[:, a] == 1) & (size[:, a] >= lo) & (size[:, a] < hi), a]
+            row[f"{lo:g}-{hi:g}px"] = round(roc_auc(pos, neg), 4) if len(pos) and len(neg) else None
+        out[name] = row
     return out
 
 
+def probe_figures(train_x, train_targets, test_x, test_targets, labels: list[str],
+                  test_labels: list[str] | None = None) -> dict:
+    """{"colour": mAP, "shape": mAP} of linear probes on frozen global features; the
+    targets' columns are ``labels`` (train) and ``test_labels`` (test, default the same)."""
+    test_labels = labels if test_labels is None else test_labels
+    return {which: round(macro_ap(*_attribute_probe(train_x, train_targets, test_x, test_targets, labels, test_labels,
+                                                    which)[1:]), 4)
+            for which in ("colour", "shape")}
+
+
 def _draw(world, split: str, n: int):
+    """(images (N, H, W, 3) uint8, targets (N, C) 0/1, radii (N, C): each label's radius in
+    pixels, 0 when absent)."""
     imgs, targets = [], np.zeros((n, len(world.labels)), dtype=np.int8)
+    radii = np.zeros((n, len(world.labels)), dtype=np.float32)
     for i in range(n):
         s = world.sample(split, i)
         imgs.append(s.image)
         targets[i, s.objects] = 1
-    return np.stack(imgs), targets
+        radii[i, s.objects] = s.radii
+    return np.stack(imgs), targets, radii
 
 
 @torch.no_grad()
@@ -163,14 +190,14 @@ def model_report(backbone, *, seed: int = 0, n_train: int = 2000, n_test: int = 
 
     t0 = time.perf_counter()
     world = World(WorldSpec(seed=seed))
-    tr_img, tr_t = _draw(world, "train", n_train)
-    te_img, te_t = _draw(world, "test", n_test)
+    tr_img, tr_t, _ = _draw(world, "train", n_train)
+    te_img, te_t, te_r = _draw(world, "test", n_test)
     tr_g, tr_l = _encode(backbone, tr_img)
     te_g, te_l = _encode(backbone, te_img)
     labels, unseen = world.labels, world.unseen
     cols = [labels.index(u) for u in unseen]
     report = {"world_seed": seed, "n_train": n_train, "n_test": n_test,
-              "probe": probe_figures(tr_g, tr_t, te_g, te_t, labels, per_shape=True),
+              "probe": {},
               # the same probes on the patch tokens (B, P, D) pooled over P: what the local
               # features hold that the global embedding may not
               "probe_patches": {pool: probe_figures(f(tr_l), tr_t, f(te_l), te_t, labels)
@@ -188,7 +215,17 @@ def model_report(backbone, *, seed: int = 0, n_train: int = 2000, n_test: int = 
         if mode == "local+global":
             with torch.no_grad():
                 report["gzsl_clip"] = round(macro_ap(te_t, scorer(te_g, te_l, labels).numpy()), 4)
-    report["probe_shape_ap"] = report["probe"].pop("shape_ap")  # "probe" stays {"colour", "shape"}
+    # the global probes, the shape probe trained once for its mAP, its AP per shape and its
+    # ROC AUC per shape and object size (thirds of the drawn radius range; crowded images shrink
+    # radii below its low end, kept in the first bin)
+    for which in ("colour", "shape"):
+        names, test_y, scores = _attribute_probe(tr_g, tr_t, te_g, te_t, labels, labels, which)
+        report["probe"][which] = round(macro_ap(test_y, scores), 4)
+    report["probe_shape_ap"] = _per_column_ap(names, test_y, scores)
+    lo, hi = world.spec.radius_min * world.spec.image_size, world.spec.radius_max * world.spec.image_size
+    edges = [0.0] + [round(lo + (hi - lo) * k / 3, 1) for k in (1, 2)] + [round(hi + 0.1, 1)]
+    shape_size = np.stack([te_r[:, world.shape_of == world.shapes.index(n)].max(1) for n in names], 1)
+    report["probe_shape_auc_by_size"] = shape_auc_by_size(test_y, scores, shape_size, edges, names)
     report["zsl"] = {k: round(v, 4) for k, v in zsl.items()}
     report["unseen_over_colour_oracle"] = round(zsl["clip_local+global"] / zsl["colour_oracle"], 3)
     report["seconds"] = round(time.perf_counter() - t0, 1)
