@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_world.py                 # the shipped model, world seed 0
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_world.py --seeds 0,1,2
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_world.py --model DIR/world.json --pretrained DIR/world.safetensors
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_world.py --readouts     # + shape read out four ways
 
 Reports :func:`sigrl.world.probe.model_report` (the world drawn in memory: 2,000 train
 images for the probes' fit, 1,000 test images): linear probes for colour and shape on the
@@ -25,6 +26,9 @@ a third of the radius range, against images without it; radius < 11.5 / 11.5-15.
 0.790 / 0.793, star 0.766 / 0.826 / 0.855, ring 0.937 / 0.951 / 0.958, cross 0.799 / 0.837 /
 0.869. Small objects are missed more, but even objects three patches across are not found
 reliably, and triangles not at any size: object size is not what limits shape.
+Read out of the global embedding other ways (``--readouts``, 8,000 probe images): linear
+0.840 (2,000 images) and 0.847 (8,000); a linear probe on the 36 compounds, max over colours,
+0.867; an MLP probe 0.896. The embedding holds more shape than a linear readout finds.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--json", help="write the reports here")
+    ap.add_argument("--readouts", action="store_true",
+                    help="also read shape out of the global embedding four ways (8,000 probe images, about a minute)")
     args = ap.parse_args(argv)
     import torch
 
@@ -63,6 +69,12 @@ def main(argv=None) -> int:
         pp = r["probe_patches"]
         print("  probes on the patch tokens: " + ", ".join(
             f"{pool}-pooled colour {v['colour']:.3f} shape {v['shape']:.3f}" for pool, v in pp.items()))
+        if args.readouts:
+            from sigrl.world.probe import shape_readouts
+
+            r["shape_readouts"] = shape_readouts(backbone, seed=r["world_seed"])
+            print("  shape read out of the global embedding (test mAP): " + ", ".join(
+                f"{k} {v:.3f}" for k, v in r["shape_readouts"].items() if k.startswith(("linear", "compound", "mlp"))))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(reports, f, indent=1)

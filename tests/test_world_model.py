@@ -12,8 +12,8 @@ import torch
 from sigrl.backbones import load_backbone
 from sigrl.world import generator as gen
 from sigrl.world import ship
-from sigrl.world.probe import (attribute_targets, colour_oracle_scores, linear_probe, macro_ap, roc_auc, shape_ap,
-                               shape_auc_by_size, shape_oracle_scores)
+from sigrl.world.probe import (attribute_targets, colour_oracle_scores, linear_probe, linear_probe_scores, macro_ap,
+                               mlp_probe_scores, roc_auc, shape_ap, shape_auc_by_size, shape_oracle_scores)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,17 @@ def test_shape_auc_by_size_finds_the_small_instances_a_probe_misses():
     assert min(out["ring"].values()) > 0.99
     assert shape_auc_by_size(y, scores, size, [30.0, 40.0], ["star", "ring"]) == {"star": {"30-40px": None},
                                                                                   "ring": {"30-40px": None}}
+
+
+def test_mlp_probe_reads_what_a_linear_probe_cannot():
+    """A target that is the XOR of two feature signs: no linear probe finds it (AP about
+    its prevalence), the MLP probe does; on a linear target both do."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3000, 6, generator=g)
+    xor = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).numpy()
+    y = np.stack([xor, (x[:, 2] > 0).numpy()], 1).astype(np.float32)
+    lin = linear_probe_scores(x[:2000], y[:2000], x[2000:])
+    mlp = mlp_probe_scores(x[:2000], y[:2000], x[2000:])
+    assert macro_ap(y[2000:, :1], lin[:, :1]) < 0.6 < 0.95 < macro_ap(y[2000:, :1], mlp[:, :1])
+    assert macro_ap(y[2000:, 1:], lin[:, 1:]) > 0.97 and macro_ap(y[2000:, 1:], mlp[:, 1:]) > 0.95
+    assert np.array_equal(mlp, mlp_probe_scores(x[:2000], y[:2000], x[2000:]))  # seeded
