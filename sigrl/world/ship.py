@@ -256,30 +256,6 @@ def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, ma
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sigrl.world.ship", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=None, help="stop after this many steps (same schedule)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--resume-phase2", metavar="CHECKPOINT", help="run phase 2 from this phase-1 checkpoint")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="ShipSpec field")
-    args = ap.parse_args(argv)
-    fields_ = {f.name: f.type for f in fields(ShipSpec)}
-    over = {}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        if k not in fields_:
-            raise SystemExit(f"unknown field {k}")
-        over[k] = v if k == "arch" else (float(v) if "." in v or "e" in v else int(v))
-    train_world_model(args.out, ShipSpec(**over), max_steps=args.steps, threads=args.threads,
-                      resume_phase2=args.resume_phase2)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def write_manifest(run_dir: str | os.PathLike, *, command: str, report: dict | None = None,
                    dest: str | os.PathLike = SHIPPED_DIR) -> dict:
     """Copy a finished run's ``world.json`` + ``world.safetensors`` into ``dest`` (the
@@ -319,3 +295,27 @@ def write_manifest(run_dir: str | os.PathLike, *, command: str, report: dict | N
     }
     atomic_write_text(dest / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sigrl.world.ship", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=None, help="stop after this many steps (same schedule)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume-phase2", metavar="CHECKPOINT", help="run phase 2 from this phase-1 checkpoint")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="ShipSpec field")
+    args = ap.parse_args(argv)
+    fields_ = {f.name: f.type for f in fields(ShipSpec)}
+    over = {}
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        if k not in fields_:
+            raise SystemExit(f"unknown field {k}")
+        over[k] = v if k == "arch" else (float(v) if "." in v or "e" in v else int(v))
+    train_world_model(args.out, ShipSpec(**over), max_steps=args.steps, threads=args.threads,
+                      resume_phase2=args.resume_phase2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
