@@ -14,21 +14,25 @@ against random scores, a colour oracle (perfect colour, no shape) and a shape or
 learnt shape and binding, not only colour. The world is a functional and comparative
 testbed, not a claim about real data.
 
-Measured (shipped model sha256 b0921122..., world seed 0, 1 thread): probes colour 1.000, shape
-0.840; unseen mAP local+global 0.168, global 0.163, local 0.268; random 0.085, colour oracle
-0.203, shape oracle 0.169. The same probes on the patch tokens pooled over the patches: colour
-1.000, shape 0.839 (mean) and 0.818 (max) — the local features hold no more shape than the
-global embedding, so the encoder, not its pooling, is what limits shape. The shape probe per
-shape: circle 0.867, square 0.901, triangle 0.780, star 0.724, ring 0.948, cross 0.822.
-By size (ROC AUC of the shape probe, images holding the shape with its largest instance in
-a third of the radius range, against images without it; radius < 11.5 / 11.5-15.4 /
-15.4-19.3 px): circle 0.711 / 0.832 / 0.894, square 0.704 / 0.794 / 0.861, triangle 0.790 /
-0.790 / 0.793, star 0.766 / 0.826 / 0.855, ring 0.937 / 0.951 / 0.958, cross 0.799 / 0.837 /
-0.869. Small objects are missed more, but even objects three patches across are not found
-reliably, and triangles not at any size: object size is not what limits shape.
-Read out of the global embedding other ways (``--readouts``, 8,000 probe images): linear
-0.840 (2,000 images) and 0.847 (8,000); a linear probe on the 36 compounds, max over colours,
-0.867; an MLP probe 0.896. The embedding holds more shape than a linear readout finds.
+Measured (shipped model v4, sha256 6f63f875..., world seed 0, 1 thread): probes colour 1.000,
+shape 0.932; unseen mAP local+global 0.202, global 0.196, local 0.326; random 0.085, colour
+oracle 0.203, shape oracle 0.169 (local alone 1.60x the colour oracle, local+global 0.99x).
+Probes on the patch tokens pooled: shape 0.932 (mean), 0.917 (max). Per shape: circle
+0.946, square 0.940, triangle 0.935, star 0.865, ring 0.990, cross 0.920. By size (ROC AUC of
+the shape probe, images holding the shape with its largest instance in a third of the
+radius range, against images without it; radius < 11.5 / 11.5-15.4 / 15.4-19.3 px): circle
+0.853 / 0.925 / 0.973, square 0.756 / 0.866 / 0.945, triangle 0.854 / 0.937 / 0.951, star
+0.838 / 0.930 / 0.938, ring 0.986 / 0.991 / 0.993, cross 0.868 / 0.934 / 0.948: the smallest
+third is where shape is still missed. Read out other ways (``--readouts``, 8,000 probe
+images): linear 0.932 (2,000 images) / 0.934 (8,000), compounds max over colours 0.924, MLP
+0.951.
+
+The same for v3 (the same recipe at 4,000 steps, sha256 b0921122...): shape 0.840 (circle
+0.867, square 0.901, triangle 0.780, star 0.724, ring 0.948, cross 0.822); unseen 0.168 /
+0.163 / 0.268; by size circle 0.711 / 0.832 / 0.894, square 0.704 / 0.794 / 0.861, triangle
+0.790 / 0.790 / 0.793, star 0.766 / 0.826 / 0.855, ring 0.937 / 0.951 / 0.958, cross 0.799 /
+0.837 / 0.869 (even large objects missed, triangles at every size: size was not the limit,
+training time was); readouts linear 0.840 / 0.847, compounds 0.867, MLP 0.896.
 """
 from __future__ import annotations
 

@@ -210,13 +210,18 @@ def _independent_rows(part, rng: np.random.Generator) -> dict:
     return rows
 
 
-def _probe(dataset, backbone, cache_root: Path, progress: bool) -> dict:
-    """Linear probes for colour and shape on the frozen global features (train -> test)."""
+def _probe(cfg, root: Path, backbone, cache_root: Path, progress: bool) -> dict:
+    """Linear probes for colour and shape on the frozen global features (train -> test),
+    fitted on every label of the training images: the ZSL dataset's train split drops the
+    unseen labels, and a probe fitted on it would learn "no star" from images whose only
+    star is an unseen compound."""
+    from .data.formats import load_dataset
     from .experiment import part_global_features
     from .world.probe import probe_figures
 
-    train = split_part(dataset.train, backbone, cache_root, progress=progress, name="train")
-    test = split_part(dataset.test, backbone, cache_root, unseen=dataset.unseen, progress=progress)
+    every = load_dataset(cfg.data.format, root, cfg.data.options, all_labels=True).dataset
+    train = split_part(every.train, backbone, cache_root, progress=progress, name="train")
+    test = split_part(every.test, backbone, cache_root, progress=progress)
     return probe_figures(part_global_features(train, backbone), np.asarray(train.targets),
                          part_global_features(test, backbone), np.asarray(test.targets), list(train.labels),
                          list(test.labels))
@@ -257,7 +262,7 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
             if split is not None:
                 split_part(split, backbone, cache_root, progress=progress)
     with stage("linear probes (colour, shape) on frozen global features"):
-        results["probe"] = _probe(dataset, backbone, cache_root, progress)
+        results["probe"] = _probe(cfg, root, backbone, cache_root, progress)
     with stage("zero-shot tags for a few test images (tags.png)"):
         results["tag_grid"] = str(tag_grid(backbone, dataset, out / "tags.png"))
 
