@@ -17,14 +17,15 @@ standard deviation over the seeds (values in %), then checks the goals of issue 
 The world is a functional and comparative testbed, not a claim about real data.
 
 Measured 2026-12-05 (shipped model v4, sha256 6f63f875..., default rows, 2 CPU cores, 1
-thread, empty cache per seed, another benchmark beside it; 258 s in all), mean ± sd over
+thread, empty cache per seed, alone on the machine; 251 s in all), mean ± sd over
 seeds 0, 1, 2 (%), ZSL / GZSL mAP: random 9.1 / 9.1, colour oracle 21.2 / 20.8, shape oracle
 17.6 / 17.1, CLIP matching 22.1 ± 4.0 / 23.1 ± 0.9 (global 21.6, local 32.2 ± 5.1 / 35.1),
 adapter 36.1 ± 4.1 / 43.0 ± 1.4, SigRL 35.4 ± 3.6 / 40.0 ± 1.5; on seeds 1, 2 alone: CLIP
 23.0 / 23.0, adapter 35.8 / 42.1, SigRL 35.0 / 39.4. Single positive (each row's lr as
 ``benchmarks/bench_spml.py --tune`` chose it with v3): full 64.1 ± 0.4, AN 48.3 ± 4.2, WAN
 54.8 ± 0.9 (41 % of the gap), EPR 55.8 ± 0.3 (48 %). Goals met: local > global, SigRL >=
-CLIP + 5 (ZSL, GZSL), AN -> full gap >= 5 (15.8), shape probe 0.9 (PROBE); missed: 2x colour
+CLIP + 5 (ZSL, GZSL), AN -> full gap >= 5 (15.8), shape probe 0.9 (0.933 ± 0.005, fitted on
+every label of the training images); missed: 2x colour
 oracle (1.04x), SigRL > adapter (ZSL and GZSL), 50 % of the single-positive gap (48 %).
 With v3 (4,000 steps, 2026-12-03): CLIP 18.5 / 18.3, adapter 28.1 / 34.1, SigRL 28.9 / 30.7,
 full 47.3, AN 38.9, WAN 40.7, EPR 40.6, shape probe 81.2 (fitted on the seen labels only).
