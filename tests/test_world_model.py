@@ -12,8 +12,9 @@ import torch
 from sigrl.backbones import load_backbone
 from sigrl.world import generator as gen
 from sigrl.world import ship
-from sigrl.world.probe import (attribute_targets, colour_oracle_scores, linear_probe, linear_probe_scores, macro_ap,
-                               mlp_probe_scores, roc_auc, shape_ap, shape_auc_by_size, shape_oracle_scores)
+from sigrl.world.probe import (attribute_targets, bag_oracle_scores, colour_oracle_scores, linear_probe,
+                               linear_probe_scores, macro_ap, mlp_probe_scores, roc_auc, shape_ap, shape_auc_by_size,
+                               shape_oracle_scores)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,10 @@ def test_oracles_and_probe():
     shape = shape_oracle_scores(targets, labels, rng).round()
     assert colour.tolist() == [[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]]
     assert shape.tolist() == [[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]]
+    # the bag oracle: colour and shape present, on any objects — image 3 holds a red ring and
+    # a blue star, so "red star" and "blue ring" (absent) score 1 too: blind to binding only
+    bag = bag_oracle_scores(targets, labels, rng).round()
+    assert bag.tolist() == [[1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1]]
     assert attribute_targets(targets, labels, "shape").tolist() == [[1, 0], [0, 1], [1, 1]]
     assert macro_ap(targets, targets.astype(float)) == 1.0
     # a linearly separable attribute is found by the probe
