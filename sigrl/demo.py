@@ -11,7 +11,8 @@ One line per stage with its wall time:
 3. zero-shot tags for a few test images, drawn as a PNG grid;
 4. zero-shot recognition of the unseen labels (ZSL, scored in their own pass) and of all
    labels (GZSL): random scores, a colour oracle and a shape oracle (perfect on one
-   attribute, blind to the other — DESIGN.md section 6), plain CLIP matching (local +
+   attribute, blind to the other — DESIGN.md section 6), a bag oracle (perfect on both,
+   blind to which colour goes with which shape), plain CLIP matching (local +
    global, global alone, local alone), a plain adapter head and the SigRL head trained on
    the seen labels only (``configs/world_adapter_zsl.yaml``, ``configs/world_zsl.yaml``);
 5. single-positive training (one known label per image): full labels, AN and the best
@@ -132,22 +133,6 @@ def _zs_entry(metrics: dict, run: str | None = None) -> dict:
     return entry
 
 
-def colour_oracle_scores(targets: np.ndarray, labels: list[str], rng: np.random.Generator) -> np.ndarray:
-    """An attribute oracle: label "red star" scores 1 when the image holds anything red
-    (read from the true labels), else 0, plus a little noise to break ties. It knows
-    colour perfectly and shape not at all."""
-    from .world.probe import colour_oracle_scores as oracle
-
-    return oracle(targets, labels, rng)
-
-
-def shape_oracle_scores(targets: np.ndarray, labels: list[str], rng: np.random.Generator) -> np.ndarray:
-    """Label "red star" scores 1 when the image holds any star: shape perfectly, colour not at all."""
-    from .world.probe import shape_oracle_scores as oracle
-
-    return oracle(targets, labels, rng)
-
-
 def tag_grid(backbone, dataset, path: Path, n: int = 8, top_k: int = 3) -> Path:
     """PNG grid of ``n`` test images with their top tags (all labels; ✓ = correct)."""
     import matplotlib
@@ -198,12 +183,15 @@ def _test_map(result) -> float:
 def _independent_rows(part, rng: np.random.Generator) -> dict:
     """Random scores and the attribute oracles: each label's score ignores the other
     labels, so scoring the unseen labels on their own gives their columns of the full matrix."""
+    from .world.probe import bag_oracle_scores, colour_oracle_scores, shape_oracle_scores
+
     targets = np.asarray(part.targets)
     cols = [part.labels.index(u) for u in part.unseen]
     rows = {}
     for name, scores in (("random", rng.random(targets.shape, dtype=np.float32)),
                          ("colour_oracle", colour_oracle_scores(targets, part.labels, rng)),
-                         ("shape_oracle", shape_oracle_scores(targets, part.labels, rng))):
+                         ("shape_oracle", shape_oracle_scores(targets, part.labels, rng)),
+                         ("bag_oracle", bag_oracle_scores(targets, part.labels, rng))):
         metrics = zero_shot_metrics(part, scores[:, cols], scores)
         rows[name] = {s: {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"test/{s}/")}
                       for s in ("zsl", "gzsl")}
