@@ -29,7 +29,7 @@ def test_quick_demo_writes_valid_results(tmp_path, monkeypatch, capsys):
         saved = yaml.safe_load((Path(results["spml"][name]["run"]) / "config.yaml").read_text())
         assert saved["loss"]["options"]["expected_num_pos"] == 4.0
     assert set(results["probe"]) == {"colour", "shape"} and all(0 <= v <= 1 for v in results["probe"].values())
-    assert {"shape_oracle", "clip_global", "clip_local"} <= set(results["zsl"])
+    assert {"shape_oracle", "bag_oracle", "clip_global", "clip_local"} <= set(results["zsl"])
     assert results["stages"] and all(v >= 0 for v in results["stages"].values())
     assert all(0.0 <= v["map"] <= 1.0 for v in results["spml"].values())
     assert results["partial"] and all(0.0 <= v["map"] <= 1.0 for v in results["partial"].values())
