@@ -17,9 +17,9 @@ standard deviation over the seeds (values in %), then checks the goals of issue 
 The world is a functional and comparative testbed, not a claim about real data.
 
 Measured 2026-12-05 (shipped model v4, sha256 6f63f875..., default rows, 2 CPU cores, 1
-thread, empty cache per seed, alone on the machine; 251 s in all), mean ± sd over
+thread, empty cache per seed, beside the test suite; 273 s in all), mean ± sd over
 seeds 0, 1, 2 (%), ZSL / GZSL mAP: random 9.1 / 9.1, colour oracle 21.2 / 20.8, shape oracle
-17.6 / 17.1, CLIP matching 22.1 ± 4.0 / 23.1 ± 0.9 (global 21.6, local 32.2 ± 5.1 / 35.1),
+17.6 / 17.1, bag oracle (colour and shape, unbound) 35.9 / 36.7, CLIP matching 22.1 ± 4.0 / 23.1 ± 0.9 (global 21.6, local 32.2 ± 5.1 / 35.1),
 adapter 36.1 ± 4.1 / 43.0 ± 1.4, SigRL 35.4 ± 3.6 / 40.0 ± 1.5; on seeds 1, 2 alone: CLIP
 23.0 / 23.0, adapter 35.8 / 42.1, SigRL 35.0 / 39.4. Single positive (each row's lr as
 ``benchmarks/bench_spml.py --tune`` chose it with v3): full 64.1 ± 0.4, AN 48.3 ± 4.2, WAN
