@@ -87,12 +87,17 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
     return macro_ap(test_y, linear_probe_scores(train_x, train_y, test_x, weight_decay=weight_decay, iters=iters))
 
 
+def _standardise(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets standardised with the train statistics (per dimension)."""
+    x = train_x.float()
+    mu, sd = x.mean(0, keepdim=True), x.std(0, keepdim=True).clamp_min(1e-6)
+    return (x - mu) / sd, (test_x.float() - mu) / sd
+
+
 def linear_probe_scores(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, *,
                         weight_decay: float = 1e-4, iters: int = 200) -> np.ndarray:
     """The probe of :func:`linear_probe`: its test logits (N_test, A)."""
-    x = train_x.float()
-    mu, sd = x.mean(0, keepdim=True), x.std(0, keepdim=True).clamp_min(1e-6)
-    x, xt = (x - mu) / sd, (test_x.float() - mu) / sd
+    x, xt = _standardise(train_x, test_x)
     y = torch.as_tensor(np.asarray(train_y), dtype=torch.float32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -116,9 +121,7 @@ def mlp_probe_scores(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.T
     """Test logits (N_test, A) of a one-hidden-layer MLP probe (D -> hidden -> A, GELU; AdamW
     on BCE, ``steps`` minibatches of ``batch``), features standardised with the train
     statistics: what a non-linear readout finds that :func:`linear_probe_scores` misses."""
-    x = train_x.float()
-    mu, sd = x.mean(0, keepdim=True), x.std(0, keepdim=True).clamp_min(1e-6)
-    x, xt = (x - mu) / sd, (test_x.float() - mu) / sd
+    x, xt = _standardise(train_x, test_x)
     y = torch.as_tensor(np.asarray(train_y), dtype=torch.float32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -260,7 +263,6 @@ def model_report(backbone, *, seed: int = 0, n_train: int = 2000, n_test: int = 
     labels, unseen = world.labels, world.unseen
     cols = [labels.index(u) for u in unseen]
     report = {"world_seed": seed, "n_train": n_train, "n_test": n_test,
-              "probe": {},
               # the same probes on the patch tokens (B, P, D) pooled over P: what the local
               # features hold that the global embedding may not
               "probe_patches": {pool: probe_figures(f(tr_l), tr_t, f(te_l), te_t, labels)
@@ -282,9 +284,9 @@ def model_report(backbone, *, seed: int = 0, n_train: int = 2000, n_test: int = 
     # the global probes, the shape probe trained once for its mAP, its AP per shape and its
     # ROC AUC per shape and object size (thirds of the drawn radius range; crowded images shrink
     # radii below its low end, kept in the first bin)
-    for which in ("colour", "shape"):
-        names, test_y, scores = _attribute_probe(tr_g, tr_t, te_g, te_t, labels, labels, which)
-        report["probe"][which] = round(macro_ap(test_y, scores), 4)
+    _, colour_y, colour_scores = _attribute_probe(tr_g, tr_t, te_g, te_t, labels, labels, "colour")
+    names, test_y, scores = _attribute_probe(tr_g, tr_t, te_g, te_t, labels, labels, "shape")
+    report["probe"] = {"colour": round(macro_ap(colour_y, colour_scores), 4), "shape": round(macro_ap(test_y, scores), 4)}
     report["probe_shape_ap"] = _per_column_ap(names, test_y, scores)
     lo, hi = world.spec.radius_min * world.spec.image_size, world.spec.radius_max * world.spec.image_size
     edges = [0.0] + [round(lo + (hi - lo) * k / 3, 1) for k in (1, 2)] + [round(hi + 0.1, 1)]
