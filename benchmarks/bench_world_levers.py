@@ -62,7 +62,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-VARIANTS = ("base", "layers6", "patch8", "shape_captions", "shape_twins", "supervised", "supervised_patch8")
+VARIANTS = ("base", "layers6", "patch8", "shape_captions", "shape_twins", "supervised", "supervised_patch8",
+            "full_captions", "colour_twins")
+TWINS = {"shape_twins": "shape", "colour_twins": "colour"}
+FULL = {"shape_only_captions": 0.0, "colour_only_captions": 0.0, "mixed_captions": 0.0}  # every object "red star"
 ARCH = {"layers6": {"layers": 6}, "patch8": {"patch_size": 8}, "supervised_patch8": {"patch_size": 8}}
 N_IMAGES = 30000
 BATCH = 128
@@ -75,22 +78,25 @@ def corpus(variant: str, n: int):
 
     from sigrl.world.generator import World, corpus_spec, render_corpus
 
-    spec = corpus_spec(n_pretrain=n, **({"shape_only_captions": 0.6} if variant == "shape_captions" else {}))
-    if variant != "shape_twins":
+    captions = {"shape_captions": {"shape_only_captions": 0.6},
+                "full_captions": FULL, "colour_twins": FULL}.get(variant, {})
+    spec = corpus_spec(n_pretrain=n, **captions)
+    if variant not in TWINS:
         im, caps, objs = render_corpus(spec, 0, n)
         return torch.from_numpy(im).permute(0, 3, 1, 2).contiguous(), caps, objs
     world = World(spec)
     images = torch.empty((n, 3, spec.image_size, spec.image_size), dtype=torch.uint8)
     caps, objs = [], []
-    for i in range(n):  # image 2m + 1 is the shape twin of image 2m
-        s = world.sample("pretrain", i - i % 2, twin=i % 2 == 1)
+    for i in range(n):  # image 2m + 1 is the twin of image 2m
+        s = world.sample("pretrain", i - i % 2, twin=TWINS[variant] if i % 2 else None)
         images[i] = torch.from_numpy(s.image).permute(2, 0, 1)
         caps.append(world.caption(s.objects, np.random.default_rng([spec.seed, 7_000_001, i])))
         objs.append(s.objects)
     return images, caps, objs
 
 
-def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES) -> dict:
+def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES, init: str = "scratch",
+                  lr: float | None = None) -> dict:
     import numpy as np
     import open_clip
     import torch
@@ -111,9 +117,17 @@ def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES)
     images, captions, objects = corpus(variant, n_images)
     mean, std = channel_stats(images)
     mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    spec = ShipSpec(steps=steps, schedule_steps=steps, warmup=50)
+    spec = ShipSpec(steps=steps, schedule_steps=steps, warmup=50, **({"lr": lr} if lr else {}))
     torch.manual_seed(0)
     model = open_clip.CLIP(**cfg)
+    if init == "shipped":  # fine-tune the shipped model (its weights, its preprocessing)
+        from safetensors.torch import load_file
+
+        from sigrl.world.ship import read_manifest, shipped_paths
+
+        model.load_state_dict({k: v.float() for k, v in load_file(str(shipped_paths()[1])).items()})
+        mean, std = read_manifest()["preprocess_cfg"]["mean"], read_manifest()["preprocess_cfg"]["std"]
+        mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     model.train()
     groups = _param_groups(model, spec.weight_decay)
     if variant.startswith("supervised"):
@@ -130,7 +144,7 @@ def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES)
         loss_fn = open_clip.ClipLoss()
     opt = _adamw(groups, spec.lr)
     rng = np.random.default_rng([spec.seed, 11])
-    unit = 2 if variant == "shape_twins" else 1  # twins stay together in a batch
+    unit = 2 if variant in TWINS else 1  # twins stay together in a batch
     perm, pos = rng.permutation(n_images // unit), 0
     losses = []
     for step in range(steps):
@@ -156,10 +170,10 @@ def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES)
     _save_weights(model, out / "world.safetensors")
     report = model_report(load_backbone(str(out / "world.json"), str(out / "world.safetensors")),
                           seed=0, n_train=2000, n_test=1000)
-    res = {"variant": variant, "steps": steps, "final_loss": round(float(np.mean(losses[-20:])), 4),
+    res = {"variant": variant, "init": init, "lr": spec.lr, "steps": steps, "final_loss": round(float(np.mean(losses[-20:])), 4),
            "train_seconds": round(train_s, 1), "probe": report["probe"],
            "unseen_clip": report["zsl"]["clip_local+global"], "unseen_local": report["zsl"]["clip_local"],
-           "colour_oracle": report["zsl"]["colour_oracle"]}
+           "colour_oracle": report["zsl"]["colour_oracle"], "bag_oracle": report["zsl"]["bag_oracle"]}
     (out / "result.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -171,11 +185,15 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default="bench-world-levers")
     ap.add_argument("--images", type=int, default=N_IMAGES, help="corpus images (default 30,000)")
     ap.add_argument("--jobs", type=int, default=2, help="variants run at once, one thread each")
+    ap.add_argument("--init", default="scratch", choices=["scratch", "shipped"],
+                    help="start from random weights (default) or fine-tune the shipped model")
+    ap.add_argument("--lr", type=float, help="peak lr (default the shipped recipe's 2e-3)")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # one variant in this process (a worker)
     args = ap.parse_args(argv)
     out = Path(args.output)
     if args.variant:
-        print(json.dumps(train_variant(args.variant, args.steps, out / args.variant, args.images)), flush=True)
+        print(json.dumps(train_variant(args.variant, args.steps, out / args.variant, args.images, args.init,
+                                       args.lr)), flush=True)
         return 0
     names = args.only.split(",") if args.only else list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))
@@ -185,7 +203,8 @@ def main(argv=None) -> int:
     while pending or running:
         while pending and len(running) < args.jobs:
             v = pending.pop(0)
-            cmd = [sys.executable, __file__, "--variant", v, "--steps", str(args.steps), "--images", str(args.images), "--output", str(out)]
+            cmd = [sys.executable, __file__, "--variant", v, "--steps", str(args.steps), "--images", str(args.images),
+                   "--output", str(out), "--init", args.init] + (["--lr", str(args.lr)] if args.lr else [])
             running.append((v, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)))
             print(f"started {v}", file=sys.stderr, flush=True)
         time.sleep(2)
@@ -197,9 +216,10 @@ def main(argv=None) -> int:
                     continue
                 results[v] = json.loads(p.stdout.read().strip().splitlines()[-1])
                 print(f"done {v}", file=sys.stderr, flush=True)
+    first = next(iter(results.values()), None)
     print(f"{'variant':<15} {'shape probe':>11} {'colour probe':>12} {'unseen mAP':>10} {'local':>6} "
-          f"{'loss':>6} {'train s':>7}   (steps {args.steps}; colour oracle on the unseen labels "
-          f"{next(iter(results.values()))['colour_oracle']:.3f})" if results else "no results")
+          f"{'loss':>6} {'train s':>7}   ({args.init}, steps {args.steps}; on the unseen labels colour oracle "
+          f"{first['colour_oracle']:.3f}, bag oracle {first['bag_oracle']:.3f})" if first else "no results")
     for v in names:
         r = results.get(v)
         if r:

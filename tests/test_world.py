@@ -13,7 +13,7 @@ import torch
 
 from sigrl.cli import main as cli_main
 from sigrl.data.csvdata import load_csv_dataset
-from sigrl.errors import DataError, SigrlError
+from sigrl.errors import DataError, SigrlError, UsageError
 from sigrl.world.generator import COLOURS, SHAPES, World, WorldSpec, ensure_world, generate_world, is_finished
 from sigrl.world.pretrain import (
     PretrainSpec,
@@ -56,11 +56,11 @@ def test_different_seed_differs():
 
 
 def test_shape_twin_changes_only_shapes():
-    """World.sample(twin=True): same scene, colours, places and noise, 1+ objects of another
+    """World.sample(twin="shape"): same scene, colours, places and noise, 1+ objects of another
     shape: most pixels equal (two unrelated images share almost none), compounds distinct."""
     w = World(WorldSpec(seed=2))
     for i in range(25):
-        a, t = w.sample("pretrain", i), w.sample("pretrain", i, twin=True)
+        a, t = w.sample("pretrain", i), w.sample("pretrain", i, twin="shape")
         assert t.scene == a.scene and len(t.objects) == len(a.objects) == len(set(t.objects))
         assert [w.colour_of[o] for o in t.objects] == [w.colour_of[o] for o in a.objects]
         changed = [x != y for x, y in zip(a.objects, t.objects)]
@@ -69,7 +69,34 @@ def test_shape_twin_changes_only_shapes():
         same = np.all(a.image == t.image, axis=-1).mean()
         other = np.all(a.image == w.sample("pretrain", i + 100).image, axis=-1).mean()
         assert same > 0.7 and other < 0.05, (same, other)
-        assert np.array_equal(t.image, w.sample("pretrain", i, twin=True).image)  # deterministic
+        assert np.array_equal(t.image, w.sample("pretrain", i, twin="shape").image)  # deterministic
+
+
+def test_colour_twin_rebinds_the_same_colours_and_shapes():
+    """World.sample(twin="colour"): same scene, places and shapes; the same colours present
+    but bound to other shapes (another set of compounds), so only binding tells the pair
+    apart; only the recoloured objects' pixels change; an image whose objects share one
+    colour has no colour twin (the image itself)."""
+    w = World(WorldSpec(seed=3))
+    found = 0
+    for i in range(30):
+        a, t = w.sample("pretrain", i), w.sample("pretrain", i, twin="colour")
+        assert t.scene == a.scene and t.radii == a.radii and len(set(t.objects)) == len(t.objects)
+        assert [w.shape_of[o] for o in t.objects] == [w.shape_of[o] for o in a.objects]
+        assert sorted(w.colour_of[o] for o in t.objects) == sorted(w.colour_of[o] for o in a.objects)
+        if set(t.objects) == set(a.objects):
+            assert np.array_equal(t.image, a.image)
+            continue
+        found += 1
+        same = np.all(a.image == t.image, axis=-1).mean()
+        assert 0.5 < same < 1.0, same
+        assert np.array_equal(t.image, w.sample("pretrain", i, twin="colour").image)  # deterministic
+    assert found >= 25
+    one = World(replace(WorldSpec(seed=3), n_colours=1))
+    s = one.sample("pretrain", 0)
+    assert one.sample("pretrain", 0, twin="colour").objects == s.objects
+    with pytest.raises(UsageError, match="twin"):
+        w.sample("pretrain", 0, twin=True)
 
 
 def test_sample_radii_are_the_drawn_sizes():
@@ -83,7 +110,7 @@ def test_sample_radii_are_the_drawn_sizes():
         a = w.sample("train", i)
         (r,) = a.radii
         assert spec.radius_min * side * 0.85 ** 3 - 1e-9 <= r <= spec.radius_max * side
-        ys, xs = np.nonzero(np.any(a.image != w.sample("train", i, twin=True).image, axis=-1))
+        ys, xs = np.nonzero(np.any(a.image != w.sample("train", i, twin="shape").image, axis=-1))
         extent = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
         assert r < extent <= 2 * r + 5, (r, extent)
     crowded = World(replace(WorldSpec(seed=4), min_objects=6, max_objects=6))

@@ -263,20 +263,31 @@ class World:
         }
 
     # -- drawing --------------------------------------------------------------------------
-    def sample(self, split: str, index: int, twin: bool = False) -> Sample:
+    def sample(self, split: str, index: int, twin: str | None = None) -> Sample:
         """Draw image ``index`` of ``split`` (deterministic in (seed, split, index)).
 
-        ``twin=True`` draws its *shape twin*: the same scene, background, colours, places,
-        sizes and noise, with one or more objects given another shape (each keeps its
-        colour) — an image that only shape tells apart from image ``index``, a hard negative
-        for contrastive pre-training (``benchmarks/bench_world_levers.py``)."""
+        ``twin`` draws one of its twins, the same scene, background, places, sizes and
+        noise, hard negatives for contrastive pre-training
+        (``benchmarks/bench_world_levers.py``):
+
+            "shape"   one or more objects given another shape (each keeps its colour): an
+                      image that only shape tells apart from image ``index``
+            "colour"  the colours permuted among the objects (each keeps its shape), so the
+                      twin holds the same colours and the same shapes, bound differently
+                      ("a red star and a blue ring" -> "a blue star and a red ring"): an
+                      image that only binding tells apart. Where no permutation gives other
+                      compounds (one colour, or the same shape in every colour present) the
+                      twin is the image itself."""
+        if twin not in (None, "shape", "colour"):
+            raise UsageError(f"twin must be None, 'shape' or 'colour', got {twin!r}")
         rng = np.random.default_rng([self.spec.seed, SPLITS.index(split), index])
         spec = self.spec
         scene = int(rng.integers(spec.n_scenes))
         k = int(rng.integers(spec.min_objects, spec.max_objects + 1))
         objects = [int(i) for i in rng.choice(len(self.labels), size=k, replace=False, p=self.scene_probs[scene])]
-        if twin:  # the drawing below takes the same random numbers whatever the shapes
-            objects = self._reshape(objects, np.random.default_rng([self.spec.seed, SPLITS.index(split), index, 1]))
+        if twin:  # the drawing below takes the same random numbers whatever the compounds
+            twin_rng = np.random.default_rng([self.spec.seed, SPLITS.index(split), index, 1 if twin == "shape" else 2])
+            objects = (self._reshape if twin == "shape" else self._recolour)(objects, twin_rng)
         img = self._background(scene, rng)
         placed = self._place(k, rng)
         for label, (cx, cy, r) in zip(objects, placed):
@@ -298,6 +309,19 @@ class World:
                 out[j] = int(rng.choice(free))
                 changed += 1
         return out
+
+    def _recolour(self, objects: list[int], rng: np.random.Generator, tries: int = 24) -> list[int]:
+        """``objects`` with their colours permuted among them (each keeps its shape), the
+        result all different compounds and not the same set as before; ``objects`` itself
+        when ``tries`` random permutations find none."""
+        ns = len(self.shapes)
+        colours = [int(self.colour_of[o]) for o in objects]
+        shapes = [int(self.shape_of[o]) for o in objects]
+        for _ in range(tries):
+            out = [colours[j] * ns + s for j, s in zip(rng.permutation(len(objects)), shapes)]
+            if len(set(out)) == len(out) and set(out) != set(objects):
+                return out
+        return list(objects)
 
     def _background(self, scene: int, rng: np.random.Generator) -> np.ndarray:
         look = self.scene_looks[scene]
