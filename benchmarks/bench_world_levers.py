@@ -63,8 +63,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 VARIANTS = ("base", "layers6", "patch8", "shape_captions", "shape_twins", "supervised", "supervised_patch8",
-            "full_captions", "colour_twins")
-TWINS = {"shape_twins": "shape", "colour_twins": "colour"}
+            "full_captions", "colour_twins", "colour_twins_half", "both_twins")
+TWINS = {"shape_twins": "shape", "colour_twins": "colour", "colour_twins_half": "colour", "both_twins": "both"}
 FULL = {"shape_only_captions": 0.0, "colour_only_captions": 0.0, "mixed_captions": 0.0}  # every object "red star"
 ARCH = {"layers6": {"layers": 6}, "patch8": {"patch_size": 8}, "supervised_patch8": {"patch_size": 8}}
 N_IMAGES = 30000
@@ -73,26 +73,16 @@ BATCH = 128
 
 def corpus(variant: str, n: int):
     """(N, 3, H, W) uint8 images, N captions, N object lists of the variant's corpus."""
-    import numpy as np
     import torch
 
-    from sigrl.world.generator import World, corpus_spec, render_corpus
+    from sigrl.world.generator import corpus_spec, render_corpus
+    from sigrl.world.ship import draw_twin_corpus
 
-    captions = {"shape_captions": {"shape_only_captions": 0.6},
-                "full_captions": FULL, "colour_twins": FULL}.get(variant, {})
-    spec = corpus_spec(n_pretrain=n, **captions)
-    if variant not in TWINS:
-        im, caps, objs = render_corpus(spec, 0, n)
-        return torch.from_numpy(im).permute(0, 3, 1, 2).contiguous(), caps, objs
-    world = World(spec)
-    images = torch.empty((n, 3, spec.image_size, spec.image_size), dtype=torch.uint8)
-    caps, objs = [], []
-    for i in range(n):  # image 2m + 1 is the twin of image 2m
-        s = world.sample("pretrain", i - i % 2, twin=TWINS[variant] if i % 2 else None)
-        images[i] = torch.from_numpy(s.image).permute(2, 0, 1)
-        caps.append(world.caption(s.objects, np.random.default_rng([spec.seed, 7_000_001, i])))
-        objs.append(s.objects)
-    return images, caps, objs
+    if variant in TWINS:  # the shipped recipe's phase 2 draws its pairs with the same function
+        return draw_twin_corpus(n, twin=TWINS[variant], fraction=0.5 if variant == "colour_twins_half" else 1.0)
+    captions = {"shape_captions": {"shape_only_captions": 0.6}, "full_captions": FULL}.get(variant, {})
+    im, caps, objs = render_corpus(corpus_spec(n_pretrain=n, **captions), 0, n)
+    return torch.from_numpy(im).permute(0, 3, 1, 2).contiguous(), caps, objs
 
 
 def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES, init: str = "scratch",

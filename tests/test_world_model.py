@@ -125,7 +125,8 @@ def test_shipped_recipe_trains_deterministically_and_loads(tmp_path):
     """``sigrl world pretrain``'s function on a tiny budget: the loss falls from ~log(B),
     two runs with the same spec give the same losses and weights, and the result loads
     through the backbone path with the corpus's own normalisation."""
-    spec = ship.ShipSpec(n_images=96, steps=12, schedule_steps=12, warmup=2, batch_size=32, checkpoint_every=6)
+    spec = ship.ShipSpec(n_images=96, steps=12, schedule_steps=12, warmup=2, batch_size=32, checkpoint_every=6,
+                         twin_steps=0)
     a = ship.train_world_model(tmp_path / "a", spec, quiet=True)
     b = ship.train_world_model(tmp_path / "b", spec, quiet=True)
     assert len(a["losses"]) == 12 and a["losses"] == b["losses"]
@@ -185,3 +186,35 @@ def test_mlp_probe_reads_what_a_linear_probe_cannot():
     assert macro_ap(y[2000:, :1], lin[:, :1]) < 0.6 < 0.95 < macro_ap(y[2000:, :1], mlp[:, :1])
     assert macro_ap(y[2000:, 1:], lin[:, 1:]) > 0.97 and macro_ap(y[2000:, 1:], mlp[:, 1:]) > 0.95
     assert np.array_equal(mlp, mlp_probe_scores(x[:2000], y[:2000], x[2000:]))  # seeded
+
+
+def test_binding_phase_trains_on_colour_twins_and_resumes_exactly(tmp_path):
+    """Phase 2 of the recipe: its pairs are an image and its colour twin (same shapes, same
+    colours, other compounds), captioned with every compound, so the two captions differ;
+    running it from phase 1's saved checkpoint gives the weights of the run from scratch."""
+    images, captions, objects = ship.draw_twin_corpus(16)
+    world = gen.World(gen.corpus_spec())
+    rebound = 0
+    for m in range(0, 16, 2):
+        a, b = objects[m], objects[m + 1]
+        assert sorted(world.shape_of[a]) == sorted(world.shape_of[b])
+        assert sorted(world.colour_of[a]) == sorted(world.colour_of[b])
+        if set(a) != set(b):
+            rebound += 1
+            assert captions[m] != captions[m + 1] and not torch.equal(images[m], images[m + 1])
+            for o in a:  # each object named with its colour
+                assert world.labels[o] in captions[m]
+    assert rebound >= 6
+    half = ship.draw_twin_corpus(16, fraction=0.0)  # no twins: corpus images, their own captions
+    plain, plain_caps, _ = gen.render_corpus(gen.corpus_spec(n_pretrain=16), 0, 16)
+    assert torch.equal(half[0], torch.from_numpy(plain).permute(0, 3, 1, 2)) and half[1] == plain_caps
+
+    spec = ship.ShipSpec(n_images=64, steps=10, schedule_steps=10, warmup=2, batch_size=16, checkpoint_every=10,
+                         twin_steps=4, twin_images=32, twin_warmup=1, twin_lr=1e-3)
+    full = ship.train_world_model(tmp_path / "full", spec, quiet=True)
+    assert len(full["losses"]) == 14 and (tmp_path / "full" / "checkpoints" / "step-000010.safetensors").is_file()
+    ship.train_world_model(tmp_path / "p1", spec, max_steps=10, quiet=True)
+    resumed = ship.train_world_model(tmp_path / "p2", spec, quiet=True,
+                                     resume_phase2=str(tmp_path / "p1" / "checkpoints" / "step-000010.safetensors"))
+    assert len(resumed["losses"]) == 14 and resumed["losses"][10:] == full["losses"][10:]
+    assert ship.sha256_file(tmp_path / "p2" / "world.safetensors") == ship.sha256_file(tmp_path / "full" / "world.safetensors")

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..safeio import atomic_write_text
-from .generator import GENERATOR_VERSION, corpus_spec, render_corpus
+from .generator import GENERATOR_VERSION, World, corpus_spec, render_corpus
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "model"
 ARCH_JSON = SHIPPED_DIR / "world-v2.json"
@@ -42,28 +42,39 @@ SHORT_NAMES = ("world", "world-v2")
 class ShipSpec:
     """The shipped model's recipe (every field is recorded in the manifest).
 
-    Phase 1: ``steps`` AdamW steps with linear warm-up (``warmup``) then cosine decay to 0
-    over a horizon of ``schedule_steps``. Phase 2 (anneal, optional; ``anneal_steps=0``
-    skips it): the weights rounded to fp16, a fresh AdamW, ``anneal_steps`` steps whose lr
-    warms up over ``anneal_warmup`` steps to phase 1's last lr and falls linearly to 0 (an
-    earlier shipped model was a cut cosine run finished this way). The shipped model (v4) is
-    a full 10,000-step cosine run on 100,000 corpus images, no phase 2 (v3 was the same
-    recipe at 4,000 steps: shape probe 0.840 against v4's figure in the manifest). The batch order
-    continues across the phases.
+    Phase 1 (contrastive): ``steps`` AdamW steps of ``batch_size`` corpus images and their
+    captions, linear warm-up (``warmup``) then cosine decay to 0 over ``schedule_steps``.
+
+    Phase 2 (binding, optional; ``twin_steps=0`` skips it): the weights rounded to fp16, a
+    fresh AdamW, ``twin_steps`` steps whose batches are pairs: with probability
+    ``twin_fraction`` a corpus image and its *colour twin* (the same scene with the colours
+    permuted among the objects, :meth:`~sigrl.world.generator.World.sample` ``twin="colour"``),
+    both captioned with every object's colour and shape, so that only binding colour to
+    shape tells the pair apart; otherwise two corpus images with their own captions. Drawn
+    from the first ``twin_images`` corpus images; lr warm-up over ``twin_warmup`` steps to
+    ``twin_lr``, cosine to 0. The preprocessing (mean, std) stays phase 1's.
+
+    The shipped model v5 is v4 (phase 1: 10,000 steps on 100,000 images, shape probe 0.932,
+    unseen-label matching 0.20 = the colour oracle: it did not bind) with phase 2 added
+    (``benchmarks/bench_world_levers.py``, variants ``colour_twins*``, chose it).
     """
 
     arch: str = str(ARCH_JSON.name)
     n_images: int = 100000
     steps: int = 10000
     schedule_steps: int = 10000
-    anneal_steps: int = 0
-    anneal_warmup: int = 20
     batch_size: int = 128
     lr: float = 2e-3
     warmup: int = 200
     weight_decay: float = 0.1
     seed: int = 0
     checkpoint_every: int = 1000
+    twin_steps: int = 1500
+    twin_kind: str = "colour"
+    twin_images: int = 30000
+    twin_fraction: float = 1.0
+    twin_lr: float = 5e-4
+    twin_warmup: int = 50
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,18 +133,53 @@ def draw_corpus(n: int, log=None, chunk: int = 2000):
 
 
 def _lr_at(step: int, spec: ShipSpec) -> float:
-    """Learning rate of (0-based) ``step`` over both phases."""
-    if step >= spec.steps:  # phase 2: warm up to phase 1's last lr, then linear decay to 0
-        k, base = step - spec.steps, _lr_at(spec.steps - 1, spec)
-        return base * min(1.0, (k + 1) / max(1, spec.anneal_warmup)) * (1 - k / max(1, spec.anneal_steps))
-    if step < spec.warmup:
-        return spec.lr * (step + 1) / spec.warmup
-    progress = (step - spec.warmup) / max(1, spec.schedule_steps - spec.warmup)
-    return 0.5 * spec.lr * (1 + math.cos(math.pi * progress))
+    """Learning rate of (0-based) ``step`` over both phases: each a linear warm-up then a
+    cosine decay to 0."""
+    if step >= spec.steps:
+        k = step - spec.steps
+        return _warmup_cosine(k, spec.twin_lr, spec.twin_warmup, spec.twin_steps)
+    return _warmup_cosine(step, spec.lr, spec.warmup, spec.schedule_steps)
+
+
+def _warmup_cosine(k: int, lr: float, warmup: int, horizon: int) -> float:
+    if k < warmup:
+        return lr * (k + 1) / warmup
+    return 0.5 * lr * (1 + math.cos(math.pi * (k - warmup) / max(1, horizon - warmup)))
 
 
 def total_steps(spec: ShipSpec) -> int:
-    return spec.steps + spec.anneal_steps
+    return spec.steps + spec.twin_steps
+
+
+def draw_twin_corpus(n: int, *, twin: str = "colour", fraction: float = 1.0):
+    """The pairs of phase 2: (N, 3, H, W) uint8 images, N captions, N object lists, where
+    for each pair (2m, 2m + 1) with probability ``fraction`` image 2m + 1 is a twin of corpus
+    image 2m, otherwise both are corpus images with their own captions. ``twin``: "colour",
+    "shape", or "both" (each pair's kind drawn at 1/2). Twin pairs are captioned with every
+    object's colour and shape (a colour twin's shape-only or colour-only caption would be the
+    same text), except with ``twin="shape"``, which keeps the corpus's caption mix.
+    Deterministic in (n, twin, fraction)."""
+    import torch
+
+    if twin not in ("colour", "shape", "both"):
+        raise UsageError(f"twin must be 'colour', 'shape' or 'both', got {twin!r}")
+    plain = World(corpus_spec(n_pretrain=n))
+    named = World(corpus_spec(n_pretrain=n, **(
+        {"shape_only_captions": 0.0, "colour_only_captions": 0.0, "mixed_captions": 0.0} if twin != "shape" else {})))
+    paired = np.random.default_rng([plain.spec.seed, 13]).uniform(size=(n + 1) // 2) < fraction
+    kinds = np.where(np.random.default_rng([plain.spec.seed, 17]).uniform(size=(n + 1) // 2) < 0.5, "colour", "shape")
+    s = plain.spec.image_size
+    images = torch.empty((n, 3, s, s), dtype=torch.uint8)
+    captions, objects = [], []
+    for i in range(n):
+        pair = bool(paired[i // 2])
+        kind = str(kinds[i // 2]) if twin == "both" else twin
+        sample = plain.sample("pretrain", i - i % 2 if pair else i, twin=kind if pair and i % 2 else None)
+        images[i] = torch.from_numpy(sample.image).permute(2, 0, 1)
+        cap_rng = np.random.default_rng([plain.spec.seed, 7_000_001, i])
+        captions.append((named if pair else plain).caption(sample.objects, cap_rng))
+        objects.append(sample.objects)
+    return images, captions, objects
 
 
 def _save_weights(model, path: Path, fp16: bool = True) -> None:
@@ -151,11 +197,11 @@ def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, ma
     """Pre-train the world model into ``out`` (train.log, checkpoints/, world.json,
     world.safetensors, train.json). ``max_steps`` stops early (same schedule: a shortened
     rerun's loss curve is comparable step by step with the recorded one).
-    ``resume_phase2``: a phase-1 checkpoint (step ``spec.steps``) to run phase 2 from
-    (the batch order is replayed; phase 1's losses are read from ``out/train.log``)."""
+    ``resume_phase2``: a phase-1 checkpoint (step ``spec.steps``, in a run folder whose
+    ``train.log`` holds phase 1's losses) to run phase 2 from; the result is the same as a
+    run from scratch (phase 2 starts from fp16-rounded weights and its own batch order)."""
     import open_clip
     import torch
-    import torch.nn.functional as F
 
     from .pretrain import _cut, _param_groups, _adamw, channel_stats, contrastive_step, encode_text_cut, get_tokenizer
 
@@ -175,15 +221,15 @@ def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, ma
     context = int(cfg["text_cfg"]["context_length"])
     images, captions = draw_corpus(spec.n_images, log)
     mean, std = channel_stats(images)
-    tokens = get_tokenizer()(captions, context_length=context)
+    tokenize = lambda texts: get_tokenizer()(texts, context_length=context)  # noqa: E731
+    tokens = tokenize(captions)
     mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     torch.manual_seed(spec.seed)
     model = open_clip.CLIP(**cfg)
     model.train()
     opt = _adamw(_param_groups(model, spec.weight_decay), spec.lr)
     loss_fn = open_clip.ClipLoss()
-    order = np.random.default_rng([spec.seed, 11]).permutation
-    perm, pos = order(len(captions)), 0
+    stop = total_steps(spec) if max_steps is None else min(max_steps, total_steps(spec))
     first = 0
     losses: list[float] = []
     if resume_phase2:
@@ -195,12 +241,7 @@ def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, ma
         time.sleep(2)
         model.load_state_dict({k: v.float() for k, v in load_file(str(ckpt)).items()})
         first = spec.steps
-        for _ in range(first):  # replay the batch order
-            if pos + spec.batch_size > len(perm):
-                perm, pos = order(len(captions)), 0
-            pos += spec.batch_size
-        phase1_log = ckpt.parent.parent / "train.log"
-        for line in phase1_log.read_text().splitlines():
+        for line in (ckpt.parent.parent / "train.log").read_text().splitlines():
             parts = line.split()
             if parts[:1] == ["step"] and int(parts[1]) <= first:
                 losses += [float(parts[3])] * 10  # the log keeps 10-step means
@@ -210,19 +251,32 @@ def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, ma
     atomic_write_text(out / "world.json", json.dumps({**cfg, "preprocess_cfg": preprocess_cfg}, indent=2) + "\n")
     log(f"start steps={total_steps(spec)} batch={spec.batch_size} from={first} setup={time.perf_counter() - t0:.1f}s")
     t_train = time.perf_counter()
-    stop = total_steps(spec) if max_steps is None else min(max_steps, total_steps(spec))
+
+    def batches(n_items: int, unit: int, rng_key: int):
+        """Index tensors of ``batch_size`` items, whole units of ``unit`` consecutive items,
+        in epochs of a seeded permutation."""
+        order = np.random.default_rng([spec.seed, rng_key]).permutation
+        n_units, per = n_items // unit, spec.batch_size // unit
+        perm, pos = order(n_units), 0
+        while True:
+            if pos + per > n_units:
+                perm, pos = order(n_units), 0
+            first_items = perm[pos : pos + per] * unit
+            pos += per
+            yield torch.from_numpy(np.stack([first_items + k for k in range(unit)], 1).ravel())
+
+    feed = batches(len(captions), 1, 11)
     for step in range(first, stop):
-        if step == spec.steps and step > first:  # phase 2: fp16-rounded weights, a fresh optimiser
+        if step == spec.steps:  # phase 2: fp16-rounded weights, a fresh optimiser, the twin pairs
             with torch.no_grad():
                 for p in model.parameters():
                     p.copy_(p.half().float())
-        if step == spec.steps:
             opt = _adamw(_param_groups(model, spec.weight_decay), _lr_at(step, spec))
-            log(f"phase 2 (anneal) from step {step}")
-        if pos + spec.batch_size > len(perm):
-            perm, pos = order(len(captions)), 0
-        idx = torch.from_numpy(perm[pos : pos + spec.batch_size])
-        pos += spec.batch_size
+            images, captions, _ = draw_twin_corpus(spec.twin_images, twin=spec.twin_kind, fraction=spec.twin_fraction)
+            tokens = tokenize(captions)
+            feed = batches(len(captions), 2, 11)
+            log(f"phase 2 (binding: {spec.twin_kind} twins) from step {step}, {spec.twin_images} images")
+        idx = next(feed)
         x = (images[idx].float().div_(255.0) - mean_t) / std_t
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, spec)
@@ -312,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         k, _, v = kv.partition("=")
         if k not in fields_:
             raise SystemExit(f"unknown field {k}")
-        over[k] = v if k == "arch" else (float(v) if "." in v or "e" in v else int(v))
+        over[k] = v if k in ("arch", "twin_kind") else (float(v) if "." in v or "e" in v else int(v))
     train_world_model(args.out, ShipSpec(**over), max_steps=args.steps, threads=args.threads,
                       resume_phase2=args.resume_phase2)
     return 0
