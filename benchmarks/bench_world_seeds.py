@@ -16,19 +16,19 @@ standard deviation over the seeds (values in %), then checks the goals of issue 
 
 The world is a functional and comparative testbed, not a claim about real data.
 
-Measured 2026-12-05 (shipped model v4, sha256 6f63f875..., default rows, 2 CPU cores, 1
-thread, empty cache per seed, beside the test suite; 273 s in all), mean ± sd over
-seeds 0, 1, 2 (%), ZSL / GZSL mAP: random 9.1 / 9.1, colour oracle 21.2 / 20.8, shape oracle
-17.6 / 17.1, bag oracle (colour and shape, unbound) 35.9 / 36.7, CLIP matching 22.1 ± 4.0 / 23.1 ± 0.9 (global 21.6, local 32.2 ± 5.1 / 35.1),
-adapter 36.1 ± 4.1 / 43.0 ± 1.4, SigRL 35.4 ± 3.6 / 40.0 ± 1.5; on seeds 1, 2 alone: CLIP
-23.0 / 23.0, adapter 35.8 / 42.1, SigRL 35.0 / 39.4. Single positive (each row's lr as
-``benchmarks/bench_spml.py --tune`` chose it with v3): full 64.1 ± 0.4, AN 48.3 ± 4.2, WAN
-54.8 ± 0.9 (41 % of the gap), EPR 55.8 ± 0.3 (48 %). Goals met: local > global, SigRL >=
-CLIP + 5 (ZSL, GZSL), AN -> full gap >= 5 (15.8), shape probe 0.9 (0.933 ± 0.005, fitted on
-every label of the training images); missed: 2x colour
-oracle (1.04x), SigRL > adapter (ZSL and GZSL), 50 % of the single-positive gap (48 %).
-With v3 (4,000 steps, 2026-12-03): CLIP 18.5 / 18.3, adapter 28.1 / 34.1, SigRL 28.9 / 30.7,
-full 47.3, AN 38.9, WAN 40.7, EPR 40.6, shape probe 81.2 (fitted on the seen labels only).
+Measured 2026-12-05 (shipped model v5, sha256 716e7368..., default rows, 2 CPU cores, 1
+thread, empty cache per seed, beside another benchmark; 266 s in all), mean ± sd over seeds
+0, 1, 2 (%), ZSL / GZSL mAP: random 9.1 / 9.1, colour oracle 21.2 / 20.8, shape oracle 17.6 /
+17.1, bag oracle 35.9 / 36.7, CLIP matching 35.0 ± 5.1 / 38.0 ± 1.3 (global 33.1, local
+42.9 ± 4.4 / 45.9), adapter 41.9 ± 4.7 / 52.5 ± 1.4, SigRL 42.3 ± 4.3 / 49.9 ± 1.2; on seeds
+1, 2 alone: CLIP 35.4 / 37.6, local 43.3 / 45.2, adapter 41.7 / 53.3, SigRL 42.0 / 49.6.
+Single positive (the config's centered rule, lrs tuned with v4): full 66.9 ± 0.8, AN 44.6 ±
+2.2, EM 62.7 ± 3.5 (81 % of the gap), EM+APL 62.7 ± 3.6. Goals met: shape probe 0.9 (0.915:
+0.911, 0.928, 0.907), local > global, SigRL >= CLIP + 5 (ZSL, GZSL), SigRL > adapter on ZSL
+(42.0 vs 41.7), AN -> full gap >= 5 (22.3), 50 % of it (EM 81 %); missed: 2x colour oracle
+(1.65x; local alone 2.02x), SigRL > adapter on GZSL (49.6 vs 53.3).
+With v4 (2026-12-05, softmax rule for single positive): CLIP 22.1 / 23.1, adapter 36.1 /
+43.0, SigRL 35.4 / 40.0, full 64.1, AN 48.3, EPR 55.8 (48 %), shape probe 0.933.
 """
 from __future__ import annotations
 
