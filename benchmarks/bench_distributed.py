@@ -20,10 +20,10 @@ per process:
 The N-process run must equal the control: every value in ``metrics.csv`` (all epochs, all
 metrics; ``step`` counts micro-batches and is skipped) within ``--tolerance`` (default
 1e-3). Measured 2026-12-05 on the quick world (480 training images: 15 whole batches of 32)
-with the shipped model v4, adapter head, ranking loss: **difference 0** (bit for bit: the
+with the shipped model v5, adapter head, ranking loss: **difference 0** (bit for bit: the
 all-reduce's (g1 + g2) / 2 and accumulation's g1 / 2 + g2 / 2 are the same floats). Against
-one process with whole batches of 32 the runs part after epoch 1 (training loss 5.6e-3
-apart, mAP within 5.9e-3, R@5 0.015; with v3 6.9e-3, 4.9e-3 and 8e-3), and the control parts from it
+one process with whole batches of 32 the runs part after epoch 1 (training loss 1e-2
+apart, mAP within 2.5e-3, R@3 0.015; with v4 5.6e-3, 5.9e-3, R@5 0.015), and the control parts from it
 identically, so this is not the distributed machinery: it is the batch size. The local
 branch's matmuls round differently on 16 rows than on 32 (~1e-7), and the ranking loss
 amplifies that — its hinge and its count of violating pairs (the normaliser) change
