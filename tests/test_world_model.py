@@ -218,3 +218,17 @@ def test_binding_phase_trains_on_colour_twins_and_resumes_exactly(tmp_path):
                                      resume_phase2=str(tmp_path / "p1" / "checkpoints" / "step-000010.safetensors"))
     assert len(resumed["losses"]) == 14 and resumed["losses"][10:] == full["losses"][10:]
     assert ship.sha256_file(tmp_path / "p2" / "world.safetensors") == ship.sha256_file(tmp_path / "full" / "world.safetensors")
+
+
+def test_recipe_lr_warms_up_then_decays_in_each_phase():
+    """The shipped recipe's schedule: phase 1 warms up linearly to ``lr`` and decays by a
+    half cosine to 0 over ``schedule_steps``; phase 2 starts again from ``twin_lr /
+    twin_warmup``, peaks at ``twin_lr`` and decays to 0 at its last step."""
+    spec = ship.ShipSpec(steps=100, schedule_steps=100, warmup=10, lr=1e-3, twin_steps=40, twin_warmup=4, twin_lr=5e-4)
+    lr = [ship._lr_at(k, spec) for k in range(ship.total_steps(spec))]
+    assert len(lr) == 140
+    assert lr[0] == pytest.approx(1e-4) and lr[9] == pytest.approx(1e-3) and max(lr[:100]) == pytest.approx(1e-3)
+    assert lr[55] == pytest.approx(0.5e-3, rel=1e-6)  # half-way through the cosine (step 55 of 10..100)
+    assert all(a >= b for a, b in zip(lr[9:100], lr[10:100])) and lr[99] < 1e-6
+    assert lr[100] == pytest.approx(5e-4 / 4) and lr[103] == pytest.approx(5e-4) and max(lr[100:]) == pytest.approx(5e-4)
+    assert all(a >= b for a, b in zip(lr[103:], lr[104:])) and lr[139] < 2e-6
