@@ -32,7 +32,8 @@ def register(subparsers, verb: str, help_text: str) -> None:
                        description="Pre-train the tiny open_clip model on its own fixed corpus, exactly as the "
                        "model shipped in the package was trained (its manifest records the command); writes "
                        "train.log, checkpoints/, world.json, world.safetensors, train.json and manifest.json into "
-                       "--output (10,000 steps of 128: about 55 minutes with --threads 2 on a 2-core CPU). --steps N "
+                       "--output (10,000 contrastive steps of 128, then 1,500 steps of colour- and shape-twin pairs that "
+                       "teach it to bind colour to shape: about 65 minutes with --threads 2 on a 2-core CPU). --steps N "
                        "stops early on the same schedule (its loss curve compares step by "
                        "step with the shipped one: benchmarks/bench_world_pretrain.py).")
     t.add_argument("--output", "-o", metavar="DIR", default="world-model", help="output folder (default ./world-model)")
