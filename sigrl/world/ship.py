@@ -57,8 +57,9 @@ class ShipSpec:
 
     The shipped model v5 is v4 (phase 1 alone: shape probe 0.932, unseen-label matching 0.20,
     the colour oracle's level: it did not bind) with this phase 2. Its settings were chosen on
-    world seed 0 by ``benchmarks/bench_world_levers.py --init shipped`` (the highest
-    unseen-label matching with the shape probe at 0.9 or more; the table is in that script).
+    world seed 0 by ``benchmarks/bench_world_levers.py --init V4_WEIGHTS`` (the highest
+    unseen-label matching with the shape probe at 0.9 or more; the table and the command that
+    extracts v4's weights from git are in that script).
     """
 
     arch: str = str(ARCH_JSON.name)
