@@ -95,7 +95,6 @@ sys.path.insert(0, str(REPO))
 VARIANTS = ("base", "layers6", "patch8", "shape_captions", "shape_twins", "supervised", "supervised_patch8",
             "full_captions", "colour_twins", "colour_twins_half", "both_twins")
 TWINS = {"shape_twins": "shape", "colour_twins": "colour", "colour_twins_half": "colour", "both_twins": "both"}
-FULL = {"shape_only_captions": 0.0, "colour_only_captions": 0.0, "mixed_captions": 0.0}  # every object "red star"
 ARCH = {"layers6": {"layers": 6}, "patch8": {"patch_size": 8}, "supervised_patch8": {"patch_size": 8}}
 N_IMAGES = 30000
 BATCH = 128
@@ -106,11 +105,11 @@ def corpus(variant: str, n: int):
     import torch
 
     from sigrl.world.generator import corpus_spec, render_corpus
-    from sigrl.world.ship import draw_twin_corpus
+    from sigrl.world.ship import FULL_CAPTIONS, draw_twin_corpus
 
     if variant in TWINS:  # the shipped recipe's phase 2 draws its pairs with the same function
         return draw_twin_corpus(n, twin=TWINS[variant], fraction=0.5 if variant == "colour_twins_half" else 1.0)
-    captions = {"shape_captions": {"shape_only_captions": 0.6}, "full_captions": FULL}.get(variant, {})
+    captions = {"shape_captions": {"shape_only_captions": 0.6}, "full_captions": FULL_CAPTIONS}.get(variant, {})
     im, caps, objs = render_corpus(corpus_spec(n_pretrain=n, **captions), 0, n)
     return torch.from_numpy(im).permute(0, 3, 1, 2).contiguous(), caps, objs
 
@@ -127,7 +126,7 @@ def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES,
     from sigrl.world.pretrain import (_adamw, _cut, _param_groups, channel_stats, contrastive_step, encode_text_cut,
                                       get_tokenizer)
     from sigrl.world.probe import model_report
-    from sigrl.world.ship import ShipSpec, _lr_at, _save_weights, arch_config
+    from sigrl.world.ship import ShipSpec, _lr_at, _save_weights, arch_config, batch_indices
 
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,7 +136,8 @@ def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES,
     images, captions, objects = corpus(variant, n_images)
     mean, std = channel_stats(images)
     mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    spec = ShipSpec(steps=steps, schedule_steps=steps, warmup=50, **({"lr": lr} if lr else {}))
+    spec = ShipSpec(steps=steps, schedule_steps=steps, warmup=50, batch_size=BATCH, twin_steps=0,
+                    **({"lr": lr} if lr else {}))
     torch.manual_seed(0)
     model = open_clip.CLIP(**cfg)
     if init != "scratch":  # fine-tune a model of this architecture (the shipped one's preprocessing)
@@ -147,7 +147,8 @@ def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES,
 
         weights = shipped_paths()[1] if init == "shipped" else Path(init)
         model.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
-        mean, std = read_manifest()["preprocess_cfg"]["mean"], read_manifest()["preprocess_cfg"]["std"]
+        shipped = read_manifest()["preprocess_cfg"]
+        mean, std = shipped["mean"], shipped["std"]
         mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     model.train()
     groups = _param_groups(model, spec.weight_decay)
@@ -164,16 +165,10 @@ def train_variant(variant: str, steps: int, out: Path, n_images: int = N_IMAGES,
         tokens = get_tokenizer()(captions, context_length=int(cfg["text_cfg"]["context_length"]))
         loss_fn = open_clip.ClipLoss()
     opt = _adamw(groups, spec.lr)
-    rng = np.random.default_rng([spec.seed, 11])
-    unit = 2 if variant in TWINS else 1  # twins stay together in a batch
-    perm, pos = rng.permutation(n_images // unit), 0
+    feed = batch_indices(n_images, 2 if variant in TWINS else 1, BATCH, spec.seed)  # twins stay together
     losses = []
     for step in range(steps):
-        if pos + BATCH // unit > len(perm):
-            perm, pos = rng.permutation(n_images // unit), 0
-        first = perm[pos : pos + BATCH // unit] * unit
-        pos += BATCH // unit
-        idx = torch.from_numpy(np.stack([first + k for k in range(unit)], 1).ravel())
+        idx = next(feed)
         x = (images[idx].float().div_(255.0) - mean_t) / std_t
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, spec)

@@ -154,6 +154,26 @@ def total_steps(spec: ShipSpec) -> int:
     return spec.steps + spec.twin_steps
 
 
+def batch_indices(n_items: int, unit: int, batch_size: int, seed: int):
+    """Endless index tensors (batch_size,) of whole units of ``unit`` consecutive items
+    (a twin pair stays in one batch), in epochs of a permutation seeded by ``seed``."""
+    import torch
+
+    order = np.random.default_rng([seed, 11]).permutation
+    n_units, per = n_items // unit, batch_size // unit
+    perm, pos = order(n_units), 0
+    while True:
+        if pos + per > n_units:
+            perm, pos = order(n_units), 0
+        first_items = perm[pos : pos + per] * unit
+        pos += per
+        yield torch.from_numpy(np.stack([first_items + k for k in range(unit)], 1).ravel())
+
+
+#: caption probabilities that name every object by colour and shape ("a red star and ...")
+FULL_CAPTIONS = {"shape_only_captions": 0.0, "colour_only_captions": 0.0, "mixed_captions": 0.0}
+
+
 def draw_twin_corpus(n: int, *, twin: str = "colour", fraction: float = 1.0):
     """The pairs of phase 2: (N, 3, H, W) uint8 images, N captions, N object lists, where
     for each pair (2m, 2m + 1) with probability ``fraction`` image 2m + 1 is a twin of corpus
@@ -167,8 +187,7 @@ def draw_twin_corpus(n: int, *, twin: str = "colour", fraction: float = 1.0):
     if twin not in ("colour", "shape", "both"):
         raise UsageError(f"twin must be 'colour', 'shape' or 'both', got {twin!r}")
     plain = World(corpus_spec(n_pretrain=n))
-    named = World(corpus_spec(n_pretrain=n, **(
-        {"shape_only_captions": 0.0, "colour_only_captions": 0.0, "mixed_captions": 0.0} if twin != "shape" else {})))
+    named = World(corpus_spec(n_pretrain=n, **(FULL_CAPTIONS if twin != "shape" else {})))
     paired = np.random.default_rng([plain.spec.seed, 13]).uniform(size=(n + 1) // 2) < fraction
     kinds = np.where(np.random.default_rng([plain.spec.seed, 17]).uniform(size=(n + 1) // 2) < 0.5, "colour", "shape")
     s = plain.spec.image_size
@@ -255,20 +274,7 @@ def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, ma
     log(f"start steps={total_steps(spec)} batch={spec.batch_size} from={first} setup={time.perf_counter() - t0:.1f}s")
     t_train = time.perf_counter()
 
-    def batches(n_items: int, unit: int, rng_key: int):
-        """Index tensors of ``batch_size`` items, whole units of ``unit`` consecutive items,
-        in epochs of a seeded permutation."""
-        order = np.random.default_rng([spec.seed, rng_key]).permutation
-        n_units, per = n_items // unit, spec.batch_size // unit
-        perm, pos = order(n_units), 0
-        while True:
-            if pos + per > n_units:
-                perm, pos = order(n_units), 0
-            first_items = perm[pos : pos + per] * unit
-            pos += per
-            yield torch.from_numpy(np.stack([first_items + k for k in range(unit)], 1).ravel())
-
-    feed = batches(len(captions), 1, 11)
+    feed = batch_indices(len(captions), 1, spec.batch_size, spec.seed)
     for step in range(first, stop):
         if step == spec.steps:  # phase 2: fp16-rounded weights, a fresh optimiser, the twin pairs
             with torch.no_grad():
@@ -277,7 +283,7 @@ def train_world_model(out: str | os.PathLike, spec: ShipSpec = ShipSpec(), *, ma
             opt = _adamw(_param_groups(model, spec.weight_decay), _lr_at(step, spec))
             images, captions, _ = draw_twin_corpus(spec.twin_images, twin=spec.twin_kind, fraction=spec.twin_fraction)
             tokens = tokenize(captions)
-            feed = batches(len(captions), 2, 11)
+            feed = batch_indices(len(captions), 2, spec.batch_size, spec.seed)
             log(f"phase 2 (binding: {spec.twin_kind} twins) from step {step}, {spec.twin_images} images")
         idx = next(feed)
         x = (images[idx].float().div_(255.0) - mean_t) / std_t
