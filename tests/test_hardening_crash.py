@@ -204,13 +204,28 @@ def metric_rows(run: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in csv.DictReader(f)]
 
 
+def _frozen(pid: int) -> bool:
+    """Every thread of ``pid`` is stopped (state T in /proc), or the process is gone."""
+    try:
+        states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for t in Path(f"/proc/{pid}/task").iterdir()]
+    except (OSError, IndexError):
+        return True
+    return all(s in "TtZX" for s in states)
+
+
 def kill_when(proc: subprocess.Popen, condition) -> None:
     """SIGKILL ``proc`` at a moment ``condition()`` holds: poll, freeze the process with
-    SIGSTOP, check again (it may have moved on while we looked), kill or let it go on."""
+    SIGSTOP, wait until it has really stopped (the signal is asynchronous: a process can
+    write on for a while after it is sent), check again (it may have moved on while we
+    looked), kill or let it go on."""
     deadline = time.time() + 180
     while proc.poll() is None and time.time() < deadline:
         if condition():
             proc.send_signal(signal.SIGSTOP)
+            stop_by = time.time() + 30
+            while not _frozen(proc.pid) and time.time() < stop_by:
+                time.sleep(0.0005)
             if condition():
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
