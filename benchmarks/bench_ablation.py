@@ -6,8 +6,9 @@ local off, next to the full head, the adapter head and frozen CLIP matching.
     OMP_NUM_THREADS=1 python benchmarks/bench_ablation.py --seeds 1 --variants "full,SVFR off" --set train.epochs=8
 
 Each seed builds the demo's world (its own seen/unseen split, the shipped world model),
-then trains the SigRL head of ``configs/world_zsl.yaml`` with the demo's budget
-(``sigrl.demo.BUDGET["sigrl"]``: 1,000 images x 2 epochs) once per variant, and scores the
+then trains the SigRL head of ``configs/world_zsl.yaml`` as the demo does
+(``sigrl.demo.BUDGET["sigrl"]``: 1,000 images x 2 epochs; ``HEAD_TUNED["sigrl"]``: lr 3e-2,
+the complete label graph) once per variant, and scores the
 saved best head as ``sigrl eval`` does (ZSL: the unseen labels in their own pass; GZSL):
 
 * ``full``        the head as the demo trains it (preset ``ours``);
@@ -54,7 +55,7 @@ def run_seed(seed: int, out: Path, progress: bool, variants: list | None = None,
 
     from sigrl.bench import evaluate_zero_shot
     from sigrl.config import load_config
-    from sigrl.demo import BUDGET, CONFIGS, _train
+    from sigrl.demo import BUDGET, CONFIGS, HEAD_TUNED, _train
     from sigrl.experiment import build_backbone, open_dataset, split_part
     from sigrl.prompts import load_prompts
     from sigrl.scorer import Scorer
@@ -69,8 +70,9 @@ def run_seed(seed: int, out: Path, progress: bool, variants: list | None = None,
     rows = {}
     rows["CLIP matching"] = evaluate_zero_shot(Scorer.clip(backbone, load_prompts(cfg.prompts.name)), dataset,
                                                out / "cache", progress=progress, batch_size=cfg.eval.batch_size)
-    runs = [("adapter", "world_adapter_zsl.yaml", BUDGET["adapter"])]
-    runs += [(name, "world_zsl.yaml", BUDGET["sigrl"] + more + list(extra or [])) for name, more in VARIANTS
+    runs = [("adapter", "world_adapter_zsl.yaml", BUDGET["adapter"] + HEAD_TUNED["adapter"])]
+    runs += [(name, "world_zsl.yaml", BUDGET["sigrl"] + HEAD_TUNED["sigrl"] + more + list(extra or []))
+             for name, more in VARIANTS
              if variants is None or name in variants]
     times = {}
     for name, config, overrides in runs:

@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from sigrl.cli import main
-from sigrl.demo import SPML_RUNS
+from sigrl.demo import HEAD_TUNED, SPML_RUNS
 
 
 def test_quick_demo_writes_valid_results(tmp_path, monkeypatch, capsys):
@@ -28,6 +28,16 @@ def test_quick_demo_writes_valid_results(tmp_path, monkeypatch, capsys):
     for name in ("epr", "role"):
         saved = yaml.safe_load((Path(results["spml"][name]["run"]) / "config.yaml").read_text())
         assert saved["loss"]["options"]["expected_num_pos"] == 4.0
+    # each zero-shot head trains with the lr and options chosen for it (HEAD_TUNED), e.g. the
+    # SigRL head's train.lr=3e-2 lands in its saved config as train: {lr: 0.03}
+    for name, overrides in HEAD_TUNED.items():
+        saved = yaml.safe_load((Path(results["zsl"][name]["run"]) / "config.yaml").read_text())
+        for item in overrides:
+            key, value = item.split("=", 1)
+            node = saved
+            for part in key.split("."):
+                node = node[part]
+            assert node == value if isinstance(node, str) else float(node) == float(value), (name, key, node)
     assert set(results["probe"]) == {"colour", "shape"} and all(0 <= v <= 1 for v in results["probe"].values())
     assert {"shape_oracle", "bag_oracle", "clip_global", "clip_local"} <= set(results["zsl"])
     assert results["stages"] and all(v >= 0 for v in results["stages"].values())
