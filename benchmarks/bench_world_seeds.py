@@ -17,16 +17,17 @@ standard deviation over the seeds (values in %), then checks the goals of issue 
 The world is a functional and comparative testbed, not a claim about real data.
 
 Measured 2026-12-05 (shipped model v5, sha256 716e7368..., default rows, 2 CPU cores, 1
-thread, empty cache per seed, beside another benchmark; 260 s in all), mean ± sd over seeds
+thread, empty cache per seed, beside another benchmark; 253 s in all), mean ± sd over seeds
 0, 1, 2 (%), ZSL / GZSL mAP: random 9.1 / 9.1, colour oracle 21.2 / 20.8, shape oracle 17.6 /
 17.1, bag oracle 35.9 / 36.7, CLIP matching 35.0 ± 5.1 / 38.0 ± 1.3 (global 33.1, local
 42.9 ± 4.4 / 45.9), adapter 46.2 ± 1.3 / 64.7 ± 1.1, SigRL 42.0 ± 5.5 / 51.1 ± 0.9; on seeds
 1, 2 alone: CLIP 35.4 / 37.6, local 43.3 / 45.2, adapter 46.6 / 65.2, SigRL 42.2 / 51.0 (the
 heads as --tune chose them with v5: sigrl.demo.HEAD_TUNED; at the lrs chosen with v3, adapter
 41.7 / 53.3, SigRL 42.0 / 49.6). Single positive (the config's centered rule, lrs tuned with
-v4): full 66.9 ± 0.8, AN 44.6 ± 2.2, EM 62.7 ± 3.5 (81 % of the gap), EM+APL 62.7 ± 3.6.
+v5 at 20 epochs): full 67.1 ± 6.1 (seed 1: 60.5), AN 44.6 ± 2.2, EM 62.7 ± 3.5 (80 % of the
+gap), EM+APL 62.7 ± 3.6.
 Goals met: shape probe 0.9 (0.915: 0.911, 0.928, 0.907), local > global, SigRL >= CLIP + 5
-(ZSL, GZSL), AN -> full gap >= 5 (22.3), 50 % of it (EM 81 %); missed: 2x colour oracle
+(ZSL, GZSL), AN -> full gap >= 5 (22.5), 50 % of it (EM 80 %); missed: 2x colour oracle
 (1.65x; local alone 2.02x), SigRL > adapter on ZSL (42.2 vs 46.6) and GZSL (51.0 vs 65.2).
 --tune (about 10 minutes at one thread) printed, val ZSL / GZSL mAP (%): adapter lr 3e-4
 43.9 / 49.7, 1e-3 43.7 / 49.7, 3e-3 40.2 / 54.9, 1e-2 43.9 / 61.0, 3e-2 38.2 / 58.7; at 1e-2
