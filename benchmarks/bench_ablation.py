@@ -55,12 +55,12 @@ def run_seed(seed: int, out: Path, progress: bool, variants: list | None = None,
 
     from sigrl.bench import evaluate_zero_shot
     from sigrl.config import load_config
-    from sigrl.demo import BUDGET, CONFIGS, HEAD_TUNED, _train
+    from sigrl.demo import BUDGET, CONFIGS, HEAD_TUNED, _train, seed_overrides
     from sigrl.experiment import build_backbone, open_dataset, split_part
     from sigrl.prompts import load_prompts
     from sigrl.scorer import Scorer
 
-    common = [f"data.world.seed={seed}", f"train.seed={seed}", f"data.seed={seed}", f"cache.dir={out / 'cache'}"]
+    common = seed_overrides(seed, out / "cache")
     cfg = load_config(CONFIGS / "world_zsl.yaml", common + [f"output={out / 'runs' / 'full'}"])
     dataset, root = open_dataset(cfg)
     backbone = build_backbone(cfg, root)

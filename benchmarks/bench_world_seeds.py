@@ -123,13 +123,12 @@ def clip_top_k(out: Path) -> dict:
 
     from sigrl.bench import evaluate_zero_shot
     from sigrl.config import load_config
-    from sigrl.demo import CONFIGS
+    from sigrl.demo import CONFIGS, seed_overrides
     from sigrl.experiment import build_backbone, open_dataset
     from sigrl.prompts import load_prompts
     from sigrl.scorer import Scorer
 
-    common = [f"data.world.seed={TUNING_SEED}", f"train.seed={TUNING_SEED}", f"data.seed={TUNING_SEED}",
-              f"cache.dir={out / 'cache'}"]
+    common = seed_overrides(TUNING_SEED, out / "cache")
     cfg = load_config(CONFIGS / "world_zsl.yaml", common + [f"output={out / 'runs' / 'clip'}"])
     dataset, root = open_dataset(cfg)
     backbone = build_backbone(cfg, root)
@@ -155,11 +154,10 @@ def tune_heads(out: Path) -> dict:
     import torch
 
     from sigrl.config import load_config
-    from sigrl.demo import BUDGET, CONFIGS, ZSL_HEADS
+    from sigrl.demo import BUDGET, CONFIGS, ZSL_HEADS, seed_overrides
     from sigrl.train import train
 
-    common = [f"data.world.seed={TUNING_SEED}", f"train.seed={TUNING_SEED}", f"data.seed={TUNING_SEED}",
-              f"cache.dir={out / 'cache'}"]
+    common = seed_overrides(TUNING_SEED, out / "cache")
     result: dict = {}
     for name, config in ZSL_HEADS:
         trials: dict = {}

@@ -105,6 +105,12 @@ HEAD_TUNED = {
 QUICK_BUDGET = {"sigrl": [], "adapter": [], "spml": ["head.class=adapter"]}
 
 
+def seed_overrides(seed: int, cache_dir: str | Path) -> list[str]:
+    """The config overrides of one world seed: its world, its data split and training seed,
+    and a feature cache under ``cache_dir`` (the demo's and the world benchmarks' runs)."""
+    return [f"data.world.seed={seed}", f"train.seed={seed}", f"data.seed={seed}", f"cache.dir={cache_dir}"]
+
+
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -238,7 +244,7 @@ def run_demo(seed: int = 0, output: str | Path = "sigrl-demo", quick: bool = Fal
     if (out / "runs").exists():  # the demo owns DIR/runs: every demo trains from scratch
         shutil.rmtree(out / "runs")
     stage = _Stages()
-    common = [f"data.world.seed={seed}", f"train.seed={seed}", f"data.seed={seed}", f"cache.dir={out / 'cache'}"]
+    common = seed_overrides(seed, out / "cache")
     if quick:
         common += ["data.world.quick=true", "train.epochs=2"]
     budget = QUICK_BUDGET if quick else BUDGET
